@@ -1,0 +1,15 @@
+"""interakt-logging: send Interakt Track API user and event calls by logging."""
+
+from ._errors import APIError, DeliveryError, InteraktError, QueueFullError, ValidationError
+from ._handler import InteraktHandler
+from ._version import __version__
+
+__all__ = [
+    "APIError",
+    "DeliveryError",
+    "InteraktError",
+    "InteraktHandler",
+    "QueueFullError",
+    "ValidationError",
+    "__version__",
+]

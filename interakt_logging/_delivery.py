@@ -1,0 +1,103 @@
+"""One payload's way to the API: attempts, retries with backoff, flow control.
+
+Shared by the background workers and by ``sync_mode`` (which runs it on the calling thread), so
+both follow one retry policy: network errors, 5xx and 429 are retried (429 after its
+Retry-After), every other 4xx is final.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any, Optional
+
+from ._errors import APIError, DeliveryError
+from ._flow import FlowControl
+from ._payload import Payload
+from ._stats import Counters
+from ._transport import NetworkError, Transport
+
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 30.0
+RATE_LIMIT_DEFAULT_PAUSE = 1.0
+
+
+class Abandoned(Exception):
+    """Delivery stopped because the pipeline is shutting down (or a deadline passed)."""
+
+
+def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
+    """Exponential backoff with jitter: about base * 2**(attempt-1), between half and all of it."""
+    return min(cap, base * (2 ** (attempt - 1))) * random.uniform(0.5, 1.0)
+
+
+class Delivery:
+    def __init__(
+        self,
+        transport: Transport,
+        flow: FlowControl,
+        counters: Counters,
+        max_retries: int,
+        stop: Optional[threading.Event] = None,
+    ) -> None:
+        self.transport = transport
+        self.flow = flow
+        self._counters = counters
+        self._max_retries = max_retries
+        self._stop = stop
+
+    def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
+        """Deliver ``payload``; return the API's answer. Raises APIError (refused, or retries
+        used up on 5xx/429), DeliveryError (network errors outlasting the retries) or
+        Abandoned (stopping)."""
+        while True:
+            probe = self.flow.acquire(deadline)
+            if probe is None:
+                raise Abandoned()
+            try:
+                answer = self.transport.post(payload)
+            except NetworkError as exc:
+                counts = self.flow.failure(probe)
+                error: Exception = DeliveryError(f"could not reach the Interakt API: {exc}")
+                wait = backoff(payload.attempts + 1)
+            except APIError as exc:
+                error = exc
+                if exc.status_code == 429:
+                    self.flow.success(probe)  # the server is up, just busy
+                    wait = exc.retry_after
+                    if wait is None:
+                        wait = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
+                    self.flow.pause(wait)
+                    wait = 0.0  # the shared pause does the waiting
+                    counts = True
+                elif exc.status_code >= 500:
+                    counts = self.flow.failure(probe)
+                    wait = backoff(payload.attempts + 1)
+                else:
+                    self.flow.success(probe)  # a 4xx: reachable, and retrying will not help
+                    raise
+            else:
+                self.flow.success(probe)
+                return answer
+            if not counts:
+                continue  # the breaker opened: this does not use up the payload's retries
+            payload.attempts += 1
+            if payload.attempts > self._max_retries:
+                if isinstance(error, DeliveryError):
+                    raise DeliveryError(f"{error} (gave up after {self._max_retries} retries)")
+                raise error
+            self._counters.add("retried")
+            if wait > 0 and self._sleep(wait, deadline):
+                raise Abandoned()
+
+    def _sleep(self, seconds: float, deadline: Optional[float]) -> bool:
+        """Sleep for a retry; True when interrupted by stopping or the deadline."""
+        if deadline is not None:
+            seconds = min(seconds, max(0.0, deadline - time.monotonic()))
+        if self._stop is not None:
+            if self._stop.wait(seconds):
+                return True
+        else:
+            time.sleep(seconds)
+        return deadline is not None and time.monotonic() >= deadline

@@ -1,0 +1,57 @@
+"""The exceptions interakt-logging raises or hands to ``on_error``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InteraktError(Exception):
+    """Base class of every error this library raises or reports."""
+
+
+class ValidationError(InteraktError, ValueError):
+    """A tag or call argument is not what the Track API accepts.
+
+    ``field`` names the offending field (``traits.obj`` for nested trait values), ``given`` is
+    what the caller passed and ``expected`` says what would have been accepted.
+    """
+
+    def __init__(self, field: str, given: Any, expected: str) -> None:
+        self.field = field
+        self.given = given
+        self.expected = expected
+        super().__init__(f"{field}: expected {expected}, got {_short_repr(given)}")
+
+
+class APIError(InteraktError):
+    """The Track API refused a request (or answered with something that is not a 2xx).
+
+    ``status_code`` is the HTTP status and ``message`` the server's ``message`` field, or the raw
+    body when the answer was not JSON.
+    """
+
+    def __init__(self, status_code: int, message: str, retry_after: float | None = None) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(f"Interakt API answered {status_code}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        """5xx and 429 may succeed on a later try; any other 4xx never will."""
+        return self.status_code >= 500 or self.status_code == 429
+
+
+class QueueFullError(InteraktError):
+    """The bounded queue was full, so the payload was dropped instead of blocking the caller."""
+
+
+class DeliveryError(InteraktError):
+    """A payload could not be delivered: retries ran out, or the handler shut down before it went."""
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{text} ({type(value).__name__})"

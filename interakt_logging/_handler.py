@@ -1,0 +1,190 @@
+"""InteraktHandler: the logging.Handler that turns tagged records into Track API calls."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from ._errors import InteraktError, ValidationError
+from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, USERS_PATH, Payload, payload_from_tag
+from ._pipeline import Pipeline
+from ._settings import ErrorCallback, make_settings
+
+_KINDS = {"user": USERS_PATH, "event": EVENTS_PATH}
+_OWN_LOGGERS = ("interakt_logging", "urllib3")
+
+
+class InteraktHandler(logging.handlers.QueueHandler):
+    """Sends records tagged ``interakt_user`` / ``interakt_event`` to Interakt's Track API.
+
+    Tagged records are validated and serialized on the calling thread, then queued for a
+    background listener that posts them with retries; untagged records cost two dict lookups.
+    The logging call never raises and never blocks (unless ``block_on_full``): problems go to
+    ``on_error(error, payload)`` and to one warning per distinct problem on the
+    ``interakt_logging`` logger.
+    """
+
+    def __init__(
+        self,
+        _dictconfig_queue: Any = None,
+        *,
+        api_key: Optional[str] = None,
+        host: Optional[str] = None,
+        sync_mode: bool = False,
+        debug: bool = False,
+        timeout: float = 10,
+        max_retries: int = 3,
+        max_queue_size: int = 10000,
+        on_error: Optional[ErrorCallback] = None,
+        workers: int = 8,
+        batch_size: int = 100,
+        shutdown_timeout: float = 5.0,
+        block_on_full: bool = False,
+        block_timeout: float = 1.0,
+        rate_limit: Optional[float] = None,
+        outbox: "Optional[str | os.PathLike[str]]" = None,
+        outbox_max_bytes: int = 64 * 1024 * 1024,
+        level: "int | str" = logging.NOTSET,
+    ) -> None:
+        # Python 3.12+ dictConfig hands every QueueHandler subclass configured with "class" a
+        # queue (and later a plain listener); this handler owns its bounded queue and its
+        # sending listener, so both are set aside (see the ``listener`` property).
+        del _dictconfig_queue
+        logging.Handler.__init__(self, level)
+        self.settings = make_settings(
+            api_key=api_key, host=host, sync_mode=sync_mode, debug=debug, timeout=timeout,
+            max_retries=max_retries, max_queue_size=max_queue_size, on_error=on_error,
+            workers=workers, batch_size=batch_size, shutdown_timeout=shutdown_timeout,
+            block_on_full=block_on_full, block_timeout=block_timeout, rate_limit=rate_limit,
+            outbox=outbox, outbox_max_bytes=outbox_max_bytes,
+        )
+        self.pipeline = Pipeline(self.settings)
+
+    # QueueHandler API: the queue and the listener are the pipeline's.
+    @property  # type: ignore[override]
+    def queue(self) -> Any:
+        return self.pipeline.queue
+
+    @queue.setter
+    def queue(self, value: Any) -> None:
+        """Ignored: the queue is the pipeline's own, bounded and rebuilt after a fork."""
+
+    @property
+    def listener(self) -> Any:
+        return self.pipeline.listener
+
+    @listener.setter
+    def listener(self, value: Any) -> None:
+        """Ignored: dictConfig's plain QueueListener would consume payloads, not send them."""
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        mode = "sync" if self.settings.sync_mode else "background"
+        return f"<InteraktHandler {self.settings.host} {mode} ({level})>"
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Untagged records return at once: no formatting, no copying, no lock."""
+        d = record.__dict__
+        if EVENT_TAG not in d and USER_TAG not in d:
+            return False
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return False
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        self.emit(record)
+        return record
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(_OWN_LOGGERS):
+            return  # never feed the library's (or urllib3's) own records back in
+        try:
+            payload = self.prepare(record)
+        except ValidationError as exc:
+            d = record.__dict__
+            self.pipeline.reporter.report(exc, d.get(EVENT_TAG, d.get(USER_TAG)))
+            self.pipeline.counters.add("failed")
+            if self.settings.sync_mode:
+                self.handleError(record)
+            return
+        except Exception:
+            self.handleError(record)
+            return
+        self.enqueue(payload)
+
+    def prepare(self, record: logging.LogRecord) -> Payload:  # type: ignore[override]
+        """Build the payload of a tagged record; raises ValidationError for bad input."""
+        path, tag = _tag_of(record)
+        default_event = None
+        if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
+            default_event = record.getMessage()
+        return payload_from_tag(path, tag, default_event, record.created)
+
+    def enqueue(self, payload: Payload) -> None:  # type: ignore[override]
+        if not self.settings.sync_mode:
+            self.pipeline.submit(payload)
+            return
+        try:
+            self.pipeline.send(payload)
+        except InteraktError as exc:
+            self.pipeline.reporter.report(exc, payload.message())
+            raise
+
+    # -- for the processor and the track module -------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        tag: Any,
+        *,
+        default_event: Optional[str] = None,
+        created: float,
+    ) -> None:
+        """Validate ``tag`` and send it like a tagged record would be. Never raises."""
+        path = _KINDS[kind]
+        try:
+            payload = payload_from_tag(path, tag, default_event, created)
+        except ValidationError as exc:
+            self.pipeline.counters.add("failed")
+            self.pipeline.reporter.report(exc, tag)
+            return
+        try:
+            self.enqueue(payload)
+        except InteraktError:
+            pass  # reported by enqueue
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
+        """Wait until everything queued before the call is delivered or failed (default bound:
+        ``shutdown_timeout``). True when it all finished in time."""
+        return self.pipeline.flush(timeout)
+
+    def close(self, timeout: Optional[float] = None) -> None:  # type: ignore[override]
+        """Flush (bounded by ``timeout``, default ``shutdown_timeout``) and stop. Idempotent."""
+        try:
+            self.pipeline.close(timeout)
+        finally:
+            logging.Handler.close(self)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters (enqueued, sent, retried, failed, dropped, outboxed), queue depth, requests
+        in flight and circuit state. Cheap and thread-safe."""
+        return self.pipeline.stats()
+
+
+def _tag_of(record: logging.LogRecord) -> Tuple[str, Any]:
+    d = record.__dict__
+    if EVENT_TAG in d:
+        if USER_TAG in d:
+            raise ValidationError(
+                USER_TAG, "both interakt_user and interakt_event",
+                "one tag per record: log the user and the event as two records",
+            )
+        return EVENTS_PATH, d[EVENT_TAG]
+    return USERS_PATH, d[USER_TAG]

@@ -1,0 +1,241 @@
+"""The pipeline behind every InteraktHandler: queue, listener, workers, and their life cycle.
+
+The handler, the structlog processor and the ``track`` module all hand validated payloads to a
+pipeline: ``submit`` (background: bounded queue, never blocks or raises by default) or ``send``
+(sync mode: on the calling thread). Threads start on first use, so a process that forks workers
+before logging anything (gunicorn, Celery) starts none in the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from . import _lifecycle
+from ._backlog import FlushMarker, MemoryBacklog
+from ._delivery import Abandoned, Delivery
+from ._errors import DeliveryError, InteraktError, QueueFullError
+from ._flow import FlowControl
+from ._listener import PayloadListener, Workers
+from ._payload import Payload
+from ._report import Reporter
+from ._settings import Settings
+from ._stats import Counters
+from ._transport import Transport
+from ._version import user_agent
+
+logger = logging.getLogger("interakt_logging")
+
+# Callables that receive every payload instead of the network (``testing.capture``). Checked on
+# every submit; empty in production, where the check is one global lookup.
+interceptors: List[Callable[[Payload], None]] = []
+
+
+class Pipeline:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._state_lock = threading.Lock()
+        self._closed = False
+        if settings.debug:
+            logger.setLevel(logging.DEBUG)
+        self._build()
+        _lifecycle.register(self)
+
+    def _build(self) -> None:
+        """Fresh queue, threads and connections: at construction and in a forked child."""
+        s = self.settings
+        self._pid = os.getpid()
+        self._started = False
+        self.counters = Counters()
+        self.reporter = Reporter(s.on_error)
+        self.queue: "queue.SimpleQueue[Union[Payload, FlushMarker, None]]" = queue.SimpleQueue()
+        self.flow = FlowControl(rate_limit=s.rate_limit)
+        self.transport = Transport(s.api_key, s.host, s.timeout, s.workers, user_agent())
+        self._stop = threading.Event()
+        self.delivery = Delivery(self.transport, self.flow, self.counters, s.max_retries, self._stop)
+        self.backlog = self._make_backlog()
+        self.listener = PayloadListener(self.queue, self.backlog, s.batch_size, self._not_kept)
+        self.workers = Workers(
+            s.workers, self.backlog, self.delivery, self.counters, self.reporter, self._stop
+        )
+
+    def _make_backlog(self) -> MemoryBacklog:
+        if self.settings.outbox is not None:
+            from ._outbox import OutboxBacklog
+
+            return OutboxBacklog(
+                self.settings.outbox,
+                room=self.settings.batch_size,
+                max_bytes=self.settings.outbox_max_bytes,
+                counters=self.counters,
+            )
+        return MemoryBacklog(room=self.settings.batch_size)
+
+    def __repr__(self) -> str:
+        return f"<Pipeline host={self.settings.host!r} sync_mode={self.settings.sync_mode}>"
+
+    # -- the calling side ---------------------------------------------------------------------
+
+    def submit(self, payload: Payload) -> bool:
+        """Queue ``payload`` for the background sender. Never raises; False when dropped."""
+        if interceptors:
+            for intercept in interceptors:
+                intercept(payload)
+            return True
+        if not self._started or self._pid != os.getpid():
+            if not self._ensure_started():
+                self._refuse(payload, DeliveryError("the handler is closed; payload not sent"))
+                return False
+        q = self.queue
+        if q.qsize() >= self.settings.max_queue_size and not self._wait_for_space():
+            self._refuse(payload, QueueFullError(
+                f"queue full ({self.settings.max_queue_size} payloads); payload dropped"
+            ))
+            return False
+        q.put(payload)
+        self.counters.bump_enqueued()
+        return True
+
+    def send(self, payload: Payload) -> Any:
+        """Sync mode: deliver on the calling thread with the same retry policy; raise on failure."""
+        if interceptors:
+            for intercept in interceptors:
+                intercept(payload)
+            return {"result": True, "message": "captured by interakt_logging.testing"}
+        self.counters.bump_enqueued()
+        try:
+            answer = self.delivery.send(payload)
+        except Abandoned:
+            self.counters.add("failed")
+            raise DeliveryError("the handler is closed; payload not sent") from None
+        except InteraktError:
+            self.counters.add("failed")
+            raise
+        self.counters.add("sent")
+        return answer
+
+    def _refuse(self, payload: Payload, error: InteraktError) -> None:
+        self.counters.add("dropped" if isinstance(error, QueueFullError) else "failed")
+        self.reporter.report(error, payload.message())
+
+    def _wait_for_space(self) -> bool:
+        if not self.settings.block_on_full:
+            return False
+        deadline = time.monotonic() + self.settings.block_timeout
+        drained = self.listener.drained
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            drained.clear()
+            if self.queue.qsize() < self.settings.max_queue_size:
+                return True
+            drained.wait(min(remaining, 0.05))
+
+    def _ensure_started(self) -> bool:
+        with self._state_lock:
+            if self._pid != os.getpid():
+                self._build()  # forked without our at-fork hook having run
+            if self._closed:
+                return False
+            if not self._started:
+                try:
+                    self.listener.start()
+                    self.workers.start()
+                except RuntimeError:  # interpreter shutting down: no new threads
+                    return False
+                self._started = True
+            return True
+
+    def _not_kept(self, payloads: List[Payload]) -> None:
+        for payload in payloads:
+            self._refuse(payload, QueueFullError("outbox full; payload dropped"))
+
+    # -- flush, close, fork -------------------------------------------------------------------
+
+    def _own_thread(self) -> bool:
+        current = threading.current_thread()
+        return current is self.listener.thread or current in self.workers.threads
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything queued before the call is delivered or failed. True if so."""
+        if timeout is None:
+            timeout = self.settings.shutdown_timeout
+        if self.settings.sync_mode or not self._started or self._pid != os.getpid():
+            return True
+        if self._own_thread():
+            return False  # called from on_error on a sender thread: waiting would deadlock
+        marker = FlushMarker()
+        self.queue.put(marker)
+        return marker.done.wait(timeout) and marker.finished
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Flush within ``timeout`` (default shutdown_timeout), stop the threads, and report
+        (or keep in the outbox) whatever is left. Idempotent; True when nothing was left."""
+        with self._state_lock:
+            if self._closed:
+                return True
+            self._closed = True
+        _lifecycle.unregister(self)
+        if timeout is None:
+            timeout = self.settings.shutdown_timeout
+        deadline = time.monotonic() + timeout
+        left: List[Payload] = []
+        if self._started and self._pid == os.getpid():
+            if not self._own_thread():
+                self.flush(timeout)
+            self.listener.stop(max(0.0, deadline - time.monotonic()))
+            self._stop.set()
+            self.flow.stop()
+            left = self.backlog.stop()
+            self.workers.join(max(0.0, min(0.2, deadline - time.monotonic())))
+        left.extend(self._drain_queue())
+        lost = self.backlog.keep(left)
+        kept = len(left) - len(lost)
+        for payload in lost:
+            self.counters.add("failed")
+            self.reporter.report(
+                DeliveryError(
+                    f"not delivered within shutdown_timeout={self.settings.shutdown_timeout}s; "
+                    "payload lost (configure an outbox to keep such payloads)"
+                ),
+                payload.message(),
+            )
+        if lost or kept:
+            logger.warning(
+                "interakt-logging: closed with %d payload(s) undelivered: %d lost, %d kept in "
+                "the outbox", len(left), len(lost), kept,
+            )
+        self.backlog.close()
+        self.transport.close()
+        return not left
+
+    def _drain_queue(self) -> List[Payload]:
+        left: List[Payload] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return left
+            if type(item) is FlushMarker:
+                item.done.set()
+            elif item is not None:
+                left.append(item)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's queue, threads and connections; start anew
+        on first use. The parent's payloads stay the parent's to deliver."""
+        self._state_lock = threading.Lock()
+        if not self._closed:
+            self._build()
+
+    def stats(self) -> Dict[str, Any]:
+        values: Dict[str, Any] = self.counters.snapshot()
+        values["queue_depth"] = self.queue.qsize() + len(self.backlog)
+        values["in_flight"] = self.backlog.in_flight
+        values["circuit"] = self.flow.state
+        return values

@@ -1,0 +1,185 @@
+"""Settings shared by InteraktHandler and the ``track`` module, checked once at construction."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ._errors import ValidationError
+
+DEFAULT_HOST = "https://api.interakt.ai"
+API_KEY_ENV = "INTERAKT_API_KEY"
+
+ErrorCallback = Callable[[Exception, Any], Any]
+
+_logger = logging.getLogger("interakt_logging")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. ``api_key`` is kept out of ``repr`` so it never reaches a log line."""
+
+    api_key: str = field(repr=False)
+    host: str = DEFAULT_HOST
+    sync_mode: bool = False
+    debug: bool = False
+    timeout: float = 10
+    max_retries: int = 3
+    max_queue_size: int = 10000
+    on_error: Optional[ErrorCallback] = None
+    workers: int = 8
+    batch_size: int = 100
+    shutdown_timeout: float = 5.0
+    block_on_full: bool = False
+    block_timeout: float = 1.0
+    rate_limit: Optional[float] = None
+    outbox: Optional[str] = None
+    outbox_max_bytes: int = 64 * 1024 * 1024
+
+
+def make_settings(
+    *,
+    api_key: str | None,
+    host: str | None,
+    sync_mode: bool,
+    debug: bool,
+    timeout: float,
+    max_retries: int,
+    max_queue_size: int,
+    on_error: ErrorCallback | None,
+    workers: int,
+    batch_size: int,
+    shutdown_timeout: float,
+    block_on_full: bool,
+    block_timeout: float,
+    rate_limit: float | None,
+    outbox: str | os.PathLike[str] | None,
+    outbox_max_bytes: int,
+) -> Settings:
+    """Check every setting and return them frozen; raise ValidationError naming the bad one."""
+    _require_number("timeout", timeout, minimum=0, exclusive=True)
+    _require_int("max_retries", max_retries, minimum=0)
+    _require_int("max_queue_size", max_queue_size, minimum=1)
+    _require_int("workers", workers, minimum=1)
+    _require_int("batch_size", batch_size, minimum=1)
+    _require_number("shutdown_timeout", shutdown_timeout, minimum=0)
+    _require_number("block_timeout", block_timeout, minimum=0)
+    _require_int("outbox_max_bytes", outbox_max_bytes, minimum=4096)
+    if rate_limit is not None:
+        _require_number("rate_limit", rate_limit, minimum=0, exclusive=True)
+    if on_error is not None and not callable(on_error):
+        raise ValidationError("on_error", on_error, "a callable(error, payload) or None")
+    for name, flag in (("sync_mode", sync_mode), ("debug", debug), ("block_on_full", block_on_full)):
+        if not isinstance(flag, bool):
+            raise ValidationError(name, flag, "True or False")
+    return Settings(
+        api_key=resolve_api_key(api_key),
+        host=check_host(host),
+        sync_mode=sync_mode,
+        debug=debug,
+        timeout=float(timeout),
+        max_retries=max_retries,
+        max_queue_size=max_queue_size,
+        on_error=on_error,
+        workers=workers,
+        batch_size=batch_size,
+        shutdown_timeout=float(shutdown_timeout),
+        block_on_full=block_on_full,
+        block_timeout=float(block_timeout),
+        rate_limit=None if rate_limit is None else float(rate_limit),
+        outbox=None if outbox is None else os.fspath(outbox),
+        outbox_max_bytes=outbox_max_bytes,
+    )
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """Return the key to authenticate with, from the argument or ``INTERAKT_API_KEY``.
+
+    Both forms users hold are accepted: the decoded key the original SDK wants, and the Secret
+    Key exactly as the dashboard shows it (base64 of ``key:``), which is detected and decoded.
+    Errors and debug lines describe the key, never show it.
+    """
+    source = "the api_key argument"
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV)
+        source = f"the {API_KEY_ENV} environment variable"
+    if api_key is None:
+        raise ValidationError(
+            "api_key", None, f"the Interakt API key, passed as api_key= or set in {API_KEY_ENV}"
+        )
+    if not isinstance(api_key, str):
+        raise ValidationError(
+            "api_key", f"<a {type(api_key).__name__}, hidden>", "the key as a str"
+        )
+    key = api_key.strip()
+    if not key:
+        raise ValidationError("api_key", "<empty>", f"a non-empty key (from {source})")
+    decoded = _decode_dashboard_form(key)
+    if decoded is not None:
+        _logger.debug("api key from %s: dashboard Secret Key form detected, decoded", source)
+        return decoded
+    _logger.debug("api key from %s: used as given (decoded form)", source)
+    return key
+
+
+def _decode_dashboard_form(key: str) -> str | None:
+    """The dashboard shows base64(key + ":"); return the inner key when ``key`` has that form."""
+    if len(key) % 4:
+        return None
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if len(text) > 1 and text.endswith(":") and ":" not in text[:-1] and text[:-1].isprintable():
+        return text[:-1]
+    return None
+
+
+def check_host(host: str | None) -> str:
+    """https anywhere, plain http only to a loopback address; a trailing slash is dropped."""
+    if host is None:
+        return DEFAULT_HOST
+    if not isinstance(host, str):
+        raise ValidationError("host", host, "a URL such as 'https://api.interakt.ai'")
+    parts = urllib.parse.urlsplit(host.strip())
+    expected = "an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("host", host, expected)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValidationError("host", host, expected + " without query, fragment or credentials")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValidationError("host", host, expected)
+    return host.strip().rstrip("/")
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValidationError(name, value, f"an int >= {minimum}")
+
+
+def _require_number(name: str, value: Any, *, minimum: float, exclusive: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = value > minimum if exclusive else value >= minimum
+    if not ok:
+        relation = ">" if exclusive else ">="
+        raise ValidationError(name, value, f"a number {relation} {minimum}")

@@ -1,0 +1,127 @@
+"""HTTP to the Track API: one pooled ``requests.Session``, prepared headers, typed errors.
+
+Each POST reuses a prepared request per path and calls ``Session.send`` directly, skipping the
+per-call environment merge, cookie jar and auth preparation of ``Session.post``; proxies from
+the environment are resolved once at construction, so an HTTPS_PROXY setup still applies.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import logging
+import time
+from typing import Any, Optional
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from ._errors import APIError
+from ._payload import EVENTS_PATH, USERS_PATH, Payload
+
+_logger = logging.getLogger("interakt_logging")
+
+MAX_RETRY_AFTER = 60.0
+
+
+class NetworkError(Exception):
+    """The request did not get an HTTP answer (connection refused, reset, timed out, ...).
+
+    Built from the underlying exception's type and text only, so nothing that holds the
+    request (and its Authorization header) travels with it.
+    """
+
+
+class Transport:
+    """Posts payloads; returns the parsed 2xx answer, raises APIError or NetworkError."""
+
+    def __init__(self, api_key: str, host: str, timeout: float, pool_size: int, user_agent: str):
+        self._timeout = timeout
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        self._session = session
+        token = base64.b64encode(f"{api_key}:".encode()).decode("ascii")
+        headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/json",
+            "User-Agent": user_agent,
+            "Accept": "application/json",
+        }
+        self._templates = {
+            path: session.prepare_request(
+                requests.Request("POST", host + path, headers=headers, data=b"{}")
+            )
+            for path in (USERS_PATH, EVENTS_PATH)
+        }
+        self._settings = session.merge_environment_settings(
+            host + USERS_PATH, {}, None, None, None
+        )
+        self._settings.pop("stream", None)
+
+    def __repr__(self) -> str:
+        return f"<Transport {next(iter(self._templates.values())).url!r}>"
+
+    def post(self, payload: Payload) -> Any:
+        """One attempt. Returns the decoded JSON answer of a 2xx (or its text)."""
+        body = payload.wire_body()
+        request = self._templates[payload.path].copy()
+        request.body = body
+        request.headers["Content-Length"] = str(len(body))
+        started = time.monotonic()
+        try:
+            response = self._session.send(request, timeout=self._timeout, **self._settings)
+        except requests.RequestException as exc:
+            raise NetworkError(f"{type(exc).__name__}: {_clean(exc)}") from None
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug(
+                "POST %s -> %s in %.1f ms", payload.path, response.status_code,
+                (time.monotonic() - started) * 1000,
+            )
+        return parse_response(response.status_code, response.content, response.headers)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def parse_response(status: int, content: bytes, headers: Any) -> Any:
+    """The answer of a 2xx, or APIError carrying the server's message and Retry-After."""
+    try:
+        answer: Any = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        answer = content.decode("utf-8", "replace")
+    if 200 <= status < 300:
+        return answer
+    if isinstance(answer, dict):
+        message = str(answer.get("message", answer))
+    else:
+        message = str(answer or "")[:500]
+    raise APIError(status, message, retry_after=parse_retry_after(headers.get("Retry-After")))
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _clean(exc: BaseException) -> str:
+    """Exception text without anything that could carry credentials (it never includes headers)."""
+    text = str(exc)
+    return text[:300]

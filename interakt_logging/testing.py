@@ -1,0 +1,228 @@
+"""Test helpers: a real Track API look-alike on loopback.
+
+``MockInteraktServer`` is an HTTP server on 127.0.0.1 that answers like the Track API and
+records every request (path, headers, parsed JSON body). Latency, status codes, Retry-After and
+silent hangs can be injected, globally or per request, to test retries and shutdown for real.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import orjson
+
+__all__ = ["MockInteraktServer", "RecordedRequest", "Reply"]
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it, and what it answered."""
+
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: Any
+    raw: bytes
+    status: int = 0
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass
+class Reply:
+    """What to answer one request with."""
+
+    status: int = 200
+    body: Any = None
+    retry_after: Optional[str] = None
+    latency: float = 0.0
+    hang: bool = False
+
+
+Responder = Callable[[RecordedRequest], Optional[Reply]]
+
+
+class MockInteraktServer:
+    """A loopback Track API. Use as a context manager; ``url`` is the host to configure.
+
+    - ``latency``: seconds to wait before every answer (e.g. 0.02 for a realistic round trip).
+    - ``script(*replies)``: answer the next requests with these replies, in order.
+    - ``responder``: a callable(request) -> Reply or None, consulted for every request (for
+      random fault injection); None falls back to the script, then to 200.
+    - ``hang = True``: accept requests and never answer (until the server stops).
+    """
+
+    def __init__(
+        self,
+        latency: float = 0.0,
+        responder: Optional[Responder] = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.latency = latency
+        self.responder = responder
+        self.hang = False
+        self.requests: List[RecordedRequest] = []
+        self._script: List[Reply] = []
+        self._cond = threading.Condition()
+        self._stopped = threading.Event()
+        self._server = _Server((host, port), _make_handler(self))
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "MockInteraktServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name="mock-interakt-server", daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def script(self, *replies: Union[Reply, int]) -> None:
+        """Answer the next requests with these replies (a bare int is a status code)."""
+        with self._cond:
+            self._script.extend(Reply(r) if isinstance(r, int) else r for r in replies)
+
+    # -- reading what arrived ---------------------------------------------------------------
+
+    @property
+    def delivered(self) -> List[RecordedRequest]:
+        """The requests answered with a 2xx."""
+        with self._cond:
+            return [r for r in self.requests if r.ok]
+
+    def events(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Bodies of delivered event calls, optionally only those named ``name``."""
+        return [
+            r.body for r in self.delivered
+            if r.path.endswith("/events/") and (name is None or r.body.get("event") == name)
+        ]
+
+    def users(self, user_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Bodies of delivered user calls, optionally only those for ``user_id``."""
+        return [
+            r.body for r in self.delivered
+            if r.path.endswith("/users/") and (user_id is None or r.body.get("userId") == user_id)
+        ]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> List[RecordedRequest]:
+        """Wait until ``count`` requests were answered with a 2xx; AssertionError otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                delivered = [r for r in self.requests if r.ok]
+                if len(delivered) >= count:
+                    return delivered
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {count} delivered requests within {timeout}s, "
+                        f"got {len(delivered)} (of {len(self.requests)} received)"
+                    )
+                self._cond.wait(remaining)
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _reply_for(self, request: RecordedRequest) -> Reply:
+        reply = self.responder(request) if self.responder is not None else None
+        if reply is None:
+            with self._cond:
+                if self._script:
+                    reply = self._script.pop(0)
+        if reply is None:
+            reply = Reply(hang=self.hang)
+        return reply
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._cond:
+            self.requests.append(request)
+
+    def _answered(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def _make_handler(mock: MockInteraktServer) -> type:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body: Any = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = None
+            request = RecordedRequest(
+                "POST", self.path, {k: v for k, v in self.headers.items()}, body, raw
+            )
+            mock._record(request)
+            reply = mock._reply_for(request)
+            if reply.hang:
+                mock._stopped.wait()
+                self.close_connection = True
+                return
+            delay = reply.latency or mock.latency
+            if delay:
+                time.sleep(delay)
+            with mock._cond:
+                request.status = reply.status
+            answer = reply.body
+            if answer is None:
+                ok = 200 <= reply.status < 300
+                answer = {"result": ok, "message": "Accepted" if ok else _message(reply.status)}
+            data = answer if isinstance(answer, bytes) else orjson.dumps(answer)
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if reply.retry_after is not None:
+                self.send_header("Retry-After", reply.retry_after)
+            self.end_headers()
+            self.wfile.write(data)
+            mock._answered()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def _message(status: int) -> str:
+    if status == 429:
+        return "Rate limit exceeded for this resource"
+    if status == 401:
+        return "Unauthorized"
+    if status >= 500:
+        return "Internal server error"
+    return "Bad request"
