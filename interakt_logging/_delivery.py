@@ -29,7 +29,7 @@ class Abandoned(Exception):
 
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
     """Exponential backoff with jitter: about base * 2**(attempt-1), between half and all of it."""
-    return min(cap, base * (2 ** (attempt - 1))) * random.uniform(0.5, 1.0)
+    return min(cap, base * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 class Delivery:
@@ -59,16 +59,18 @@ class Delivery:
                 answer = self.transport.post(payload)
             except NetworkError as exc:
                 counts = self.flow.failure(probe)
-                error: Exception = DeliveryError(f"could not reach the Interakt API: {exc}")
+                error: Exception = DeliveryError(
+                    f"could not reach the Interakt API: {exc}", exc.kind
+                )
                 wait = backoff(payload.attempts + 1)
             except APIError as exc:
                 error = exc
                 if exc.status_code == 429:
                     self.flow.success(probe)  # the server is up, just busy
-                    wait = exc.retry_after
-                    if wait is None:
-                        wait = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
-                    self.flow.pause(wait)
+                    pause = exc.retry_after
+                    if pause is None:
+                        pause = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
+                    self.flow.pause(pause)
                     wait = 0.0  # the shared pause does the waiting
                     counts = True
                 elif exc.status_code >= 500:
@@ -85,7 +87,9 @@ class Delivery:
             payload.attempts += 1
             if payload.attempts > self._max_retries:
                 if isinstance(error, DeliveryError):
-                    raise DeliveryError(f"{error} (gave up after {self._max_retries} retries)")
+                    raise DeliveryError(
+                        f"{error} (gave up after {self._max_retries} retries)", error.reason
+                    )
                 raise error
             self._counters.add("retried")
             if wait > 0 and self._sleep(wait, deadline):

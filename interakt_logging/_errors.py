@@ -47,7 +47,13 @@ class QueueFullError(InteraktError):
 
 
 class DeliveryError(InteraktError):
-    """A payload could not be delivered: retries ran out, or the handler shut down before it went."""
+    """A payload could not be delivered: the network failed past the retries, or the handler
+    shut down (or was closed) before it went. ``reason`` names the kind of failure in a word or
+    two (``"ConnectionError"``, ``"ReadTimeout"``, ``"shutdown"``, ``"closed"``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:

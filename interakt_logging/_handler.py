@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -44,9 +45,9 @@ class InteraktHandler(logging.handlers.QueueHandler):
         block_on_full: bool = False,
         block_timeout: float = 1.0,
         rate_limit: Optional[float] = None,
-        outbox: "Optional[str | os.PathLike[str]]" = None,
+        outbox: Optional[str | os.PathLike[str]] = None,
         outbox_max_bytes: int = 64 * 1024 * 1024,
-        level: "int | str" = logging.NOTSET,
+        level: int | str = logging.NOTSET,
     ) -> None:
         # Python 3.12+ dictConfig hands every QueueHandler subclass configured with "class" a
         # queue (and later a plain listener); this handler owns its bounded queue and its
@@ -63,7 +64,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         self.pipeline = Pipeline(self.settings)
 
     # QueueHandler API: the queue and the listener are the pipeline's.
-    @property  # type: ignore[override]
+    @property
     def queue(self) -> Any:
         return self.pipeline.queue
 
@@ -117,7 +118,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             return
         self.enqueue(payload)
 
-    def prepare(self, record: logging.LogRecord) -> Payload:  # type: ignore[override]
+    def prepare(self, record: logging.LogRecord) -> Payload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
         path, tag = _tag_of(record)
         default_event = None
@@ -153,10 +154,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
             self.pipeline.counters.add("failed")
             self.pipeline.reporter.report(exc, tag)
             return
-        try:
+        with contextlib.suppress(InteraktError):  # enqueue has reported it
             self.enqueue(payload)
-        except InteraktError:
-            pass  # reported by enqueue
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -165,7 +164,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         ``shutdown_timeout``). True when it all finished in time."""
         return self.pipeline.flush(timeout)
 
-    def close(self, timeout: Optional[float] = None) -> None:  # type: ignore[override]
+    def close(self, timeout: Optional[float] = None) -> None:
         """Flush (bounded by ``timeout``, default ``shutdown_timeout``) and stop. Idempotent."""
         try:
             self.pipeline.close(timeout)

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-_pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
+_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 
 
-def register(pipeline: "Pipeline") -> None:
+def register(pipeline: Pipeline) -> None:
     _pipelines.add(pipeline)
 
 
-def unregister(pipeline: "Pipeline") -> None:
+def unregister(pipeline: Pipeline) -> None:
     _pipelines.discard(pipeline)
 
 

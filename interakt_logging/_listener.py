@@ -30,12 +30,13 @@ class PayloadListener(logging.handlers.QueueListener):
 
     def __init__(
         self,
-        q: "queue.SimpleQueue[Any]",
+        q: queue.SimpleQueue[Any],
         backlog: MemoryBacklog,
         batch_size: int,
         on_not_kept: Callable[[List[Payload]], None],
     ) -> None:
         super().__init__(q)
+        self._queue = q
         self.backlog = backlog
         self.batch_size = batch_size
         self.drained = threading.Event()
@@ -53,7 +54,7 @@ class PayloadListener(logging.handlers.QueueListener):
         return self._thread
 
     def _monitor(self) -> None:
-        q = self.queue
+        q = self._queue
         backlog = self.backlog
         while not self._stopping:
             if not backlog.wait_for_room(_POLL):
@@ -68,11 +69,11 @@ class PayloadListener(logging.handlers.QueueListener):
     def _drain(self, item: Any) -> bool:
         """Move ``item`` and what follows it (up to a batch) into the backlog; False on the
         sentinel."""
-        get_nowait = self.queue.get_nowait
+        get_nowait = self._queue.get_nowait
         batch: List[Payload] = []
         try:
             while True:
-                if item is self._sentinel:
+                if item is None:  # QueueListener's sentinel
                     return False
                 if type(item) is FlushMarker:
                     self._store(batch)
@@ -97,7 +98,7 @@ class PayloadListener(logging.handlers.QueueListener):
             if not_kept:
                 self._on_not_kept(not_kept)
 
-    def stop(self, timeout: float = 1.0) -> None:  # type: ignore[override]
+    def stop(self, timeout: float = 1.0) -> None:
         """Ask the thread to end and wait for it at most ``timeout`` seconds."""
         self._stopping = True
         thread = self._thread

@@ -43,7 +43,7 @@ class Payload:
     that holds it on disk, when an outbox is configured.
     """
 
-    __slots__ = ("path", "body", "created", "seq", "attempts", "outbox_id")
+    __slots__ = ("attempts", "body", "created", "outbox_id", "path", "seq")
 
     def __init__(self, path: str, body: bytes, created: float) -> None:
         self.path = path

@@ -34,6 +34,8 @@ logger = logging.getLogger("interakt_logging")
 # every submit; empty in production, where the check is one global lookup.
 interceptors: List[Callable[[Payload], None]] = []
 
+_CLOSED = "the handler is closed; payload not sent"
+
 
 class Pipeline:
     def __init__(self, settings: Settings) -> None:
@@ -52,11 +54,13 @@ class Pipeline:
         self._started = False
         self.counters = Counters()
         self.reporter = Reporter(s.on_error)
-        self.queue: "queue.SimpleQueue[Union[Payload, FlushMarker, None]]" = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Union[Payload, FlushMarker, None]] = queue.SimpleQueue()
         self.flow = FlowControl(rate_limit=s.rate_limit)
         self.transport = Transport(s.api_key, s.host, s.timeout, s.workers, user_agent())
         self._stop = threading.Event()
-        self.delivery = Delivery(self.transport, self.flow, self.counters, s.max_retries, self._stop)
+        self.delivery = Delivery(
+            self.transport, self.flow, self.counters, s.max_retries, self._stop
+        )
         self.backlog = self._make_backlog()
         self.listener = PayloadListener(self.queue, self.backlog, s.batch_size, self._not_kept)
         self.workers = Workers(
@@ -86,17 +90,17 @@ class Pipeline:
             for intercept in interceptors:
                 intercept(payload)
             return True
-        if not self._started or self._pid != os.getpid():
-            if not self._ensure_started():
-                self._refuse(payload, DeliveryError("the handler is closed; payload not sent"))
-                return False
-        q = self.queue
-        if q.qsize() >= self.settings.max_queue_size and not self._wait_for_space():
+        # The fork hook resets _started in a child; a fork that bypassed it (no os.getpid() here:
+        # it costs ~150 ns a call) shows up as a queue nobody drains, checked when it is full.
+        if not self._started and not self._ensure_started():
+            self._refuse(payload, DeliveryError(_CLOSED, "closed"))
+            return False
+        if self.queue.qsize() >= self.settings.max_queue_size and not self._make_space():
             self._refuse(payload, QueueFullError(
                 f"queue full ({self.settings.max_queue_size} payloads); payload dropped"
             ))
             return False
-        q.put(payload)
+        self.queue.put(payload)
         self.counters.bump_enqueued()
         return True
 
@@ -111,7 +115,7 @@ class Pipeline:
             answer = self.delivery.send(payload)
         except Abandoned:
             self.counters.add("failed")
-            raise DeliveryError("the handler is closed; payload not sent") from None
+            raise DeliveryError(_CLOSED, "closed") from None
         except InteraktError:
             self.counters.add("failed")
             raise
@@ -122,7 +126,10 @@ class Pipeline:
         self.counters.add("dropped" if isinstance(error, QueueFullError) else "failed")
         self.reporter.report(error, payload.message())
 
-    def _wait_for_space(self) -> bool:
+    def _make_space(self) -> bool:
+        if self._pid != os.getpid():
+            self._ensure_started()  # forked behind our back: rebuild, and the queue is empty
+            return True
         if not self.settings.block_on_full:
             return False
         deadline = time.monotonic() + self.settings.block_timeout
@@ -201,7 +208,8 @@ class Pipeline:
             self.reporter.report(
                 DeliveryError(
                     f"not delivered within shutdown_timeout={self.settings.shutdown_timeout}s; "
-                    "payload lost (configure an outbox to keep such payloads)"
+                    "payload lost (configure an outbox to keep such payloads)",
+                    "shutdown",
                 ),
                 payload.message(),
             )
@@ -221,7 +229,7 @@ class Pipeline:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 return left
-            if type(item) is FlushMarker:
+            if isinstance(item, FlushMarker):
                 item.done.set()
             elif item is not None:
                 left.append(item)

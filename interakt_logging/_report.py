@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Hashable, Optional, Set
 
-from ._errors import APIError, QueueFullError, ValidationError
+from ._errors import APIError, DeliveryError, QueueFullError, ValidationError
 
 logger = logging.getLogger("interakt_logging")
 
@@ -69,4 +69,6 @@ def _problem_key(error: Exception) -> Hashable:
         return ("validation", error.field.split("[")[0])
     if isinstance(error, APIError):
         return ("api", error.status_code)
-    return (type(error).__name__, str(error)[:60])
+    if isinstance(error, DeliveryError):
+        return ("delivery", error.reason)
+    return (type(error).__name__,)

@@ -75,7 +75,8 @@ def make_settings(
         _require_number("rate_limit", rate_limit, minimum=0, exclusive=True)
     if on_error is not None and not callable(on_error):
         raise ValidationError("on_error", on_error, "a callable(error, payload) or None")
-    for name, flag in (("sync_mode", sync_mode), ("debug", debug), ("block_on_full", block_on_full)):
+    flags = {"sync_mode": sync_mode, "debug": debug, "block_on_full": block_on_full}
+    for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise ValidationError(name, flag, "True or False")
     return Settings(

@@ -32,6 +32,10 @@ class NetworkError(Exception):
     request (and its Authorization header) travels with it.
     """
 
+    def __init__(self, kind: str, text: str) -> None:
+        self.kind = kind
+        super().__init__(f"{kind}: {text}")
+
 
 class Transport:
     """Posts payloads; returns the parsed 2xx answer, raises APIError or NetworkError."""
@@ -56,10 +60,10 @@ class Transport:
             )
             for path in (USERS_PATH, EVENTS_PATH)
         }
-        self._settings = session.merge_environment_settings(
-            host + USERS_PATH, {}, None, None, None
-        )
-        self._settings.pop("stream", None)
+        env = session.merge_environment_settings(host + USERS_PATH, {}, None, None, None)
+        self._proxies = env["proxies"]
+        self._verify = env["verify"]
+        self._cert = env["cert"]
 
     def __repr__(self) -> str:
         return f"<Transport {next(iter(self._templates.values())).url!r}>"
@@ -72,9 +76,12 @@ class Transport:
         request.headers["Content-Length"] = str(len(body))
         started = time.monotonic()
         try:
-            response = self._session.send(request, timeout=self._timeout, **self._settings)
+            response = self._session.send(
+                request, timeout=self._timeout, proxies=self._proxies, verify=self._verify,
+                cert=self._cert,
+            )
         except requests.RequestException as exc:
-            raise NetworkError(f"{type(exc).__name__}: {_clean(exc)}") from None
+            raise NetworkError(type(exc).__name__, str(exc)[:300]) from None
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug(
                 "POST %s -> %s in %.1f ms", payload.path, response.status_code,
@@ -120,8 +127,3 @@ def parse_retry_after(value: Optional[str]) -> Optional[float]:
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
-
-def _clean(exc: BaseException) -> str:
-    """Exception text without anything that could carry credentials (it never includes headers)."""
-    text = str(exc)
-    return text[:300]

@@ -73,15 +73,15 @@ class MockInteraktServer:
         self._script: List[Reply] = []
         self._cond = threading.Condition()
         self._stopped = threading.Event()
+        self._host = host
         self._server = _Server((host, port), _make_handler(self))
         self._thread: Optional[threading.Thread] = None
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._host}:{self._server.server_port}"
 
-    def __enter__(self) -> "MockInteraktServer":
+    def __enter__(self) -> MockInteraktServer:
         self.start()
         return self
 
