@@ -15,6 +15,9 @@ from ._errors import ValidationError
 
 DEFAULT_HOST = "https://api.interakt.ai"
 API_KEY_ENV = "INTERAKT_API_KEY"
+HOST_ENV = "INTERAKT_HOST"
+# Used only while testing.capture() intercepts every payload, so nothing is ever sent with it.
+CAPTURE_PLACEHOLDER_KEY = "interakt-logging-capture-placeholder"
 
 ErrorCallback = Callable[[Exception, Any], Any]
 
@@ -81,7 +84,7 @@ def make_settings(
             raise ValidationError(name, flag, "True or False")
     return Settings(
         api_key=resolve_api_key(api_key),
-        host=check_host(host),
+        host=resolve_host(host),
         sync_mode=sync_mode,
         debug=debug,
         timeout=float(timeout),
@@ -111,6 +114,11 @@ def resolve_api_key(api_key: str | None) -> str:
         api_key = os.environ.get(API_KEY_ENV)
         source = f"the {API_KEY_ENV} environment variable"
     if api_key is None:
+        from ._pipeline import interceptors  # late: _pipeline imports this module
+
+        if interceptors:
+            _logger.debug("no api key configured: testing.capture() is active, none is needed")
+            return CAPTURE_PLACEHOLDER_KEY
         raise ValidationError(
             "api_key", None, f"the Interakt API key, passed as api_key= or set in {API_KEY_ENV}"
         )
@@ -146,20 +154,31 @@ def _decode_dashboard_form(key: str) -> str | None:
     return None
 
 
-def check_host(host: str | None) -> str:
+def resolve_host(host: str | None) -> str:
+    """The host from the argument, else ``INTERAKT_HOST`` (so a config file or a test run can
+    point at a mock without code changes), else the Track API; checked by ``check_host``."""
+    if host is not None:
+        return check_host(host)
+    from_env = os.environ.get(HOST_ENV, "").strip()
+    if not from_env:
+        return DEFAULT_HOST
+    return check_host(from_env, field=HOST_ENV)
+
+
+def check_host(host: str | None, field: str = "host") -> str:
     """https anywhere, plain http only to a loopback address; a trailing slash is dropped."""
     if host is None:
         return DEFAULT_HOST
     if not isinstance(host, str):
-        raise ValidationError("host", host, "a URL such as 'https://api.interakt.ai'")
+        raise ValidationError(field, host, "a URL such as 'https://api.interakt.ai'")
     parts = urllib.parse.urlsplit(host.strip())
     expected = "an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost)"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError("host", host, expected)
+        raise ValidationError(field, host, expected)
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValidationError("host", host, expected + " without query, fragment or credentials")
+        raise ValidationError(field, host, expected + " without query, fragment or credentials")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValidationError("host", host, expected)
+        raise ValidationError(field, host, expected)
     return host.strip().rstrip("/")
 
 
