@@ -116,7 +116,10 @@ class InteraktHandler(logging.handlers.QueueHandler):
         except Exception:
             self.handleError(record)
             return
-        self.enqueue(payload)
+        try:
+            self.enqueue(payload)
+        except InteraktError:  # sync mode; reported by enqueue, and a log call never raises
+            self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> Payload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
