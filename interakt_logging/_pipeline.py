@@ -172,8 +172,11 @@ class Pipeline:
         """Wait until everything queued before the call is delivered or failed. True if so."""
         if timeout is None:
             timeout = self.settings.shutdown_timeout
-        if self.settings.sync_mode or not self._started or self._pid != os.getpid():
-            return True
+        if (
+            self.settings.sync_mode or not self._started or self._closed
+            or self._pid != os.getpid()
+        ):
+            return True  # nothing of this process is queued
         if self._own_thread():
             return False  # called from on_error on a sender thread: waiting would deadlock
         marker = FlushMarker()

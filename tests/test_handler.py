@@ -1,0 +1,240 @@
+"""InteraktHandler behaviour: untagged records, sync mode, flush/close, queue bounds, secrets."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import traceback
+from typing import Any, Callable
+
+import pytest
+
+from interakt_logging import APIError, InteraktHandler, QueueFullError
+from interakt_logging.testing import MockInteraktServer, Reply
+
+from .conftest import API_KEY
+
+
+def event(user_id: Any, **traits: Any) -> dict[str, Any]:
+    return {"interakt_event": {"user_id": user_id, "traits": traits}}
+
+
+def test_untagged_records_are_ignored(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler()
+    logger.addHandler(handler)
+    logger.info("just a log line %s", "with args", extra={"other": 1})
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(10)
+    assert len(server.requests) == 1
+    assert handler.stats()["enqueued"] == 1
+
+
+def test_the_callers_record_is_not_changed(
+    server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler()
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "Order %s", ("Placed",), None)
+    record.interakt_event = {"user_id": "1", "traits": {"a": 1}}
+    before = dict(record.__dict__)
+    handler.handle(record)
+    assert record.__dict__ == before
+    assert handler.flush(10)
+    assert server.requests[0].body["event"] == "Order Placed"
+
+
+def test_handler_filters_apply(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler()
+    handler.addFilter(lambda record: record.getMessage() != "skip me")
+    logger.addHandler(handler)
+    logger.info("skip me", extra=event("1"))
+    logger.info("send me", extra=event("2"))
+    assert handler.flush(10)
+    assert [r.body["event"] for r in server.requests] == ["send me"]
+
+
+def test_level_applies(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler(level="WARNING")
+    logger.addHandler(handler)
+    logger.info("too low", extra=event("1"))
+    logger.warning("high enough", extra=event("2"))
+    assert handler.flush(10)
+    assert [r.body["event"] for r in server.requests] == ["high enough"]
+
+
+def test_own_records_never_reenter(
+    server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """An InteraktHandler on the root logger at DEBUG, with the library's debug logging on:
+    the library's and urllib3's records flow through it without being sent or recursing."""
+    root = logging.getLogger()
+    old_level = root.level
+    handler = make_handler(debug=True)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        logging.getLogger("app").info("Order Placed", extra=event("1"))
+        logging.getLogger("interakt_logging").info("x", extra=event("own"))
+        logging.getLogger("urllib3.connectionpool").info("x", extra=event("urllib3"))
+        server.script(Reply(500))  # make the sender log warnings too
+        logging.getLogger("app").info("Order Placed", extra=event("2"))
+        assert handler.flush(10)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        logging.getLogger("interakt_logging").setLevel(logging.NOTSET)
+    assert sorted(r.body["userId"] for r in server.delivered) == ["1", "2"]
+
+
+def test_sync_mode_sends_on_the_calling_thread(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler(sync_mode=True)
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert len(server.delivered) == 1  # already there: no flush needed
+    assert handler.stats()["sent"] == 1
+
+
+def test_sync_mode_failure_goes_to_on_error_and_handle_error(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], capsys: pytest.CaptureFixture[str],
+) -> None:
+    errors: list[Exception] = []
+    handler = make_handler(sync_mode=True, on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    server.script(Reply(400, body={"result": False, "message": "Invalid phone"}))
+    logger.info("Order Placed", extra=event("1"))  # must not raise
+    assert isinstance(errors[0], APIError)
+    assert errors[0].status_code == 400 and errors[0].message == "Invalid phone"
+    assert "Logging error" in capsys.readouterr().err
+
+
+def test_flush_and_close_are_idempotent(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler()
+    assert handler.flush(1)  # nothing started yet
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(10) and handler.flush(10)
+    handler.close()
+    handler.close()
+    assert handler.flush(1)
+
+
+def test_logging_after_close_is_reported_not_raised(
+    logger: logging.Logger, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    errors: list[Exception] = []
+    handler = make_handler(on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    handler.close()
+    logger.info("Order Placed", extra=event("1"))
+    assert "closed" in str(errors[0])
+    assert handler.stats()["failed"] == 1
+
+
+def test_queue_full_drops_new_payloads_counts_and_warns_once(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.hang = True  # workers stay busy, the backlog and then the queue fill up
+    errors: list[tuple[Exception, Any]] = []
+    handler = make_handler(max_queue_size=10, workers=1, batch_size=1,
+                           on_error=lambda e, p: errors.append((e, p)), shutdown_timeout=0.5)
+    logger.addHandler(handler)
+    with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+        for i in range(200):
+            logger.info("Order Placed", extra=event(str(i)))  # never blocks
+    dropped = [p for e, p in errors if isinstance(e, QueueFullError)]
+    stats = handler.stats()
+    assert stats["dropped"] == len(dropped) >= 150
+    assert stats["enqueued"] + stats["dropped"] == 200
+    assert dropped[0]["path"] == "/v1/public/track/events/"
+    assert dropped[0]["body"]["userId"].isdigit()
+    full_warnings = [r for r in caplog.records if "queue full" in r.getMessage()]
+    assert len(full_warnings) == 1
+
+
+def test_block_on_full_waits_instead_of_dropping(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    server.latency = 0.002
+    handler = make_handler(max_queue_size=5, batch_size=5, block_on_full=True, block_timeout=10)
+    logger.addHandler(handler)
+    for i in range(300):
+        logger.info("Order Placed", extra=event(str(i)))
+    assert handler.flush(30)
+    assert handler.stats()["dropped"] == 0
+    assert len(server.delivered) == 300
+
+
+def test_many_threads_nothing_lost_or_duplicated(
+    server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler(max_queue_size=20000)
+    log = logging.getLogger("test.threads")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+
+    def produce(thread: int) -> None:
+        for i in range(2500):
+            log.info("Order Placed", extra=event(f"{thread}-{i}"))
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    log.removeHandler(handler)
+    assert handler.flush(60)
+    ids = [r.body["userId"] for r in server.delivered]
+    assert len(ids) == 20000 and len(set(ids)) == 20000
+    stats = handler.stats()
+    assert stats["sent"] == stats["enqueued"] == 20000
+    assert stats["dropped"] == stats["failed"] == 0
+
+
+def test_stats_fields(make_handler: Callable[..., InteraktHandler]) -> None:
+    stats = make_handler().stats()
+    assert set(stats) == {"enqueued", "sent", "retried", "failed", "dropped", "outboxed",
+                          "queue_depth", "in_flight", "circuit"}
+    assert stats["circuit"] == "closed"
+
+
+def test_the_key_never_shows(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    secrets = [API_KEY, base64.b64encode(f"{API_KEY}:".encode()).decode()]
+    errors: list[Exception] = []
+    handler = make_handler(debug=True, max_retries=1, on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    server.script(Reply(401), Reply(503), Reply(503))
+    with caplog.at_level(logging.DEBUG):
+        logger.info("Order Placed", extra=event("1"))
+        logger.info("Order Placed", extra=event("2"))
+        assert handler.flush(10)
+    unreachable = make_handler(host="http://127.0.0.1:1", max_retries=0,
+                               on_error=lambda e, p: errors.append(e))
+    logger.addHandler(unreachable)
+    with caplog.at_level(logging.DEBUG):
+        logger.info("Order Placed", extra=event("3"))
+        assert unreachable.flush(10)
+    logging.getLogger("interakt_logging").setLevel(logging.NOTSET)
+    assert len(errors) >= 2
+    texts = [caplog.text, repr(handler), str(handler), repr(handler.settings),
+             repr(handler.pipeline), repr(handler.pipeline.transport)]
+    for error in errors:
+        texts += [str(error), repr(error), "".join(traceback.format_exception(error))]
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
