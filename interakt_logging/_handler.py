@@ -6,6 +6,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
 
 from ._errors import InteraktError, ValidationError
@@ -123,7 +124,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> Payload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
-        path, tag = _tag_of(record)
+        path, tag = _tag_of(record.__dict__)
         default_event = None
         if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
             default_event = record.getMessage()
@@ -180,8 +181,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
         return self.pipeline.stats()
 
 
-def _tag_of(record: logging.LogRecord) -> Tuple[str, Any]:
-    d = record.__dict__
+def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
+    """The path and tag of a tagged record's ``__dict__`` (or a structlog event dict)."""
     if EVENT_TAG in d:
         if USER_TAG in d:
             raise ValidationError(
