@@ -186,6 +186,8 @@ class MockInteraktServer:
     - ``responder``: a callable(request) -> Reply or None, consulted for every request (for
       random fault injection); None falls back to the script, then to 200.
     - ``hang = True``: accept requests and never answer (until the server stops).
+    - ``on_request``: a callable(request) called after each answer, on the server's thread
+      (``interakt-logging mock-server`` prints requests with it).
     """
 
     def __init__(
@@ -194,9 +196,11 @@ class MockInteraktServer:
         responder: Optional[Responder] = None,
         port: int = 0,
         host: str = "127.0.0.1",
+        on_request: Optional[Callable[[RecordedRequest], None]] = None,
     ) -> None:
         self.latency = latency
         self.responder = responder
+        self.on_request = on_request
         self.hang = False
         self.requests: List[RecordedRequest] = []
         self._script: List[Reply] = []
@@ -290,9 +294,11 @@ class MockInteraktServer:
         with self._cond:
             self.requests.append(request)
 
-    def _answered(self) -> None:
+    def _answered(self, request: RecordedRequest) -> None:
         with self._cond:
             self._cond.notify_all()
+        if self.on_request is not None:
+            self.on_request(request)
 
 
 class _Server(ThreadingHTTPServer):
@@ -339,7 +345,7 @@ def _make_handler(mock: MockInteraktServer) -> type:
                 self.send_header("Retry-After", reply.retry_after)
             self.end_headers()
             self.wfile.write(data)
-            mock._answered()
+            mock._answered(request)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -1,0 +1,313 @@
+"""The ``interakt-logging`` command line (also ``python -m interakt_logging``).
+
+``demo`` shows the whole path from a log call to the API; ``send-user`` / ``send-event`` make one
+synchronous call (the quickest way to check a key); ``mock-server`` runs the loopback Track API
+for trying an application by hand; ``outbox`` inspects and maintains a durable outbox file.
+Exit codes: 0 success, 1 the API refused or could not be reached, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import orjson
+
+from ._errors import APIError, InteraktError, ValidationError
+from ._handler import InteraktHandler
+from ._payload import EVENTS_PATH, USERS_PATH, build_payload
+from ._settings import API_KEY_ENV, HOST_ENV
+from ._version import __version__
+from .testing import MockInteraktServer, RecordedRequest, Reply
+
+PROG = "interakt-logging"
+
+# What a ValidationError's field is called on the command line.
+_OPTION_FOR_FIELD = {
+    "user_id": "--user-id",
+    "phone_number": "--phone",
+    "country_code": "--country-code",
+    "traits": "--traits",
+    "event": "NAME",
+    "created_at": "--created-at",
+    "host": "--host",
+    "api_key": f"environment variable {API_KEY_ENV}",
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "debug", False):
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s")
+    command: Command = args.command
+    try:
+        return command(args)
+    except ValidationError as exc:
+        option = _OPTION_FOR_FIELD.get(exc.field.split(".")[0].split("[")[0])
+        where = f" (option {option})" if option else ""
+        print(f"{PROG}: error: {exc}{where}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Send Interakt Track API calls, try the library, run a mock API.",
+        epilog=f"The API key comes from {API_KEY_ENV} (the decoded key or the dashboard's "
+        f"Secret Key as shown); {HOST_ENV} overrides the default host.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="log a user and an event through InteraktHandler and show what was sent",
+        description=f"Configure logging with an InteraktHandler, log a user and an 'Order Placed' "
+        f"event, flush, and show the result. Without {API_KEY_ENV} a loopback mock Track API "
+        f"receives the calls and the demo prints them; with a key they go to the real API "
+        f"({HOST_ENV} or https://api.interakt.ai) and the demo prints the handler's stats.",
+    )
+    demo.add_argument("--user-id", default="interakt-logging-demo",
+                      help="the user id to send (default: %(default)s)")
+    _add_debug(demo)
+    demo.set_defaults(command=_demo)
+
+    for kind in ("user", "event"):
+        send = sub.add_parser(
+            f"send-{kind}", help=f"send one {kind} track call now and print the API's answer",
+            description=f"Send one {kind} track call synchronously and print the API's answer. "
+            f"Exit 0 when accepted, 1 when refused or unreachable, 2 for bad input. The key "
+            f"comes from {API_KEY_ENV}.",
+        )
+        if kind == "event":
+            send.add_argument("name", metavar="NAME", help="the event name, e.g. 'Order Placed'")
+        _add_call_options(send)
+        send.set_defaults(command=_send, path=EVENTS_PATH if kind == "event" else USERS_PATH)
+
+    mock = sub.add_parser(
+        "mock-server", help="run a loopback mock Track API and print requests as they arrive",
+        description=f"Run MockInteraktServer on 127.0.0.1 and print every request it receives "
+        f"until Ctrl-C. Point an application at it with {HOST_ENV}=<the printed URL>.",
+    )
+    mock.add_argument("--port", type=int, default=8765, help="port to listen on (default: "
+                      "%(default)s; 0 picks a free one)")
+    mock.add_argument("--latency", type=float, default=0.0,
+                      help="seconds to wait before every answer (default: %(default)s)")
+    mock.add_argument("--status", type=int, default=200,
+                      help="HTTP status to answer every request with (default: %(default)s)")
+    mock.add_argument("--retry-after", default=None,
+                      help="a Retry-After header to add to every answer (e.g. with --status 429)")
+    mock.set_defaults(command=_mock_server)
+
+    outbox = sub.add_parser(
+        "outbox", help="inspect, deliver or empty a durable outbox file",
+        description="Maintain the sqlite outbox that InteraktHandler(outbox=PATH) keeps.",
+    )
+    actions = outbox.add_subparsers(title="actions", metavar="ACTION", required=True)
+    for action, text in _OUTBOX_ACTIONS.items():
+        sub_action = actions.add_parser(action, help=text, description=text)
+        sub_action.add_argument("path", metavar="PATH", help="the outbox file")
+        if action == "replay":
+            sub_action.add_argument("--timeout", type=float, default=60.0,
+                                    help="give up after this many seconds (default: %(default)s)")
+            _add_debug(sub_action)
+        if action == "purge":
+            sub_action.add_argument("--yes", action="store_true",
+                                    help="do it (without --yes, only say what would be deleted)")
+        sub_action.set_defaults(command=_outbox, action=action)
+    return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="log what the library does (requests, key form detected) to stderr")
+
+
+def _add_call_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user-id", help="the user's id")
+    parser.add_argument("--phone", help="phone number, digits only, without the country code")
+    parser.add_argument("--country-code", default="+91",
+                        help="calling code of --phone (default: %(default)s)")
+    parser.add_argument("--traits", default=None, metavar="JSON",
+                        help='traits as a JSON object, e.g. \'{"name": "John"}\'')
+    parser.add_argument("--created-at", default=None, metavar="ISO8601",
+                        help="when it happened (default: now)")
+    parser.add_argument("--host", default=None,
+                        help=f"API host (default: {HOST_ENV}, else https://api.interakt.ai)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds per attempt (default: %(default)s)")
+    parser.add_argument("--max-retries", type=int, default=3,
+                        help="retries on network errors, 5xx and 429 (default: %(default)s)")
+    _add_debug(parser)
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if os.environ.get(API_KEY_ENV, "").strip():
+        return _demo_live(args)
+    with MockInteraktServer() as server:
+        print(f"No {API_KEY_ENV} is set, so a mock Track API runs on {server.url}.")
+        print(f"(Set {API_KEY_ENV} to send to the real API instead.)\n")
+        handler = InteraktHandler(api_key="demo", host=server.url, debug=args.debug)
+        delivered = _demo_log(handler, f'InteraktHandler(api_key="demo", host="{server.url}")',
+                              args.user_id)
+        print(f"\nThe mock server received {len(server.requests)} request(s):\n")
+        for request in server.requests:
+            print(describe(request))
+    return 0 if delivered else 1
+
+
+def _demo_live(args: argparse.Namespace) -> int:
+    errors: List[str] = []
+    handler = InteraktHandler(on_error=lambda error, payload: errors.append(str(error)),
+                              debug=args.debug)
+    print(f"{API_KEY_ENV} is set: sending to {handler.settings.host}.\n")
+    delivered = _demo_log(handler, f"InteraktHandler()  # key from {API_KEY_ENV}", args.user_id)
+    stats = handler.stats()
+    print("\nhandler.stats(): " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    for error in errors:
+        print(f"error: {error}")
+    if delivered and not errors:
+        print(f"\nBoth calls were accepted: look for user {args.user_id!r} in your dashboard.")
+        return 0
+    return 1
+
+
+def _demo_log(handler: InteraktHandler, construction: str, user_id: str) -> bool:
+    """Log the demo's two records through ``handler``, printing the code that does it; True
+    when both were delivered."""
+    log = logging.getLogger("shop")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    calls: List[Tuple[str, str, Dict[str, Any]]] = [
+        ("Signed Up", "interakt_user", {
+            "user_id": user_id, "traits": {"name": "John", "plan": "trial"},
+        }),
+        ("Order Placed", "interakt_event", {
+            "user_id": user_id, "traits": {"orderNumber": "CUS001", "total": 499.0},
+        }),
+    ]
+    print(f"handler = {construction}")
+    print('log = logging.getLogger("shop")')
+    print("log.addHandler(handler)")
+    try:
+        for message, tag, value in calls:
+            print(f"log.info({message!r}, extra={{{tag!r}: {value!r}}})")
+            log.info(message, extra={tag: value})
+        print("handler.flush()")
+        handler.flush(30)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return bool(handler.stats()["sent"] == len(calls))
+
+
+# -- send-user / send-event ------------------------------------------------------------------------
+
+
+def _send(args: argparse.Namespace) -> int:
+    payload = build_payload(
+        args.path,
+        user_id=args.user_id,
+        phone_number=args.phone,
+        country_code=args.country_code,
+        traits=_parse_traits(args.traits),
+        event=getattr(args, "name", None),
+        created_at=args.created_at,
+        created=time.time(),
+    )
+    handler = InteraktHandler(host=args.host, sync_mode=True, debug=args.debug,
+                              timeout=args.timeout, max_retries=args.max_retries)
+    print(f"POST {handler.settings.host}{payload.path}")
+    print(_json(payload.message()["body"]))
+    try:
+        answer = handler.pipeline.send(payload)
+    except APIError as exc:
+        print(f"{PROG}: refused: HTTP {exc.status_code}: {exc.message}", file=sys.stderr)
+        return 1
+    except InteraktError as exc:
+        print(f"{PROG}: not delivered: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        handler.close()
+    print(f"-> {_json(answer)}")
+    return 0
+
+
+def _parse_traits(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    if text is None:
+        return None
+    expected = 'a JSON object, e.g. \'{"name": "John"}\''
+    try:
+        traits = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ValidationError("traits", text, expected) from None
+    if not isinstance(traits, dict):
+        raise ValidationError("traits", text, expected)
+    return traits
+
+
+# -- mock-server -----------------------------------------------------------------------------------
+
+
+def _mock_server(args: argparse.Namespace) -> int:
+    lock = threading.Lock()
+
+    def show(request: RecordedRequest) -> None:
+        with lock:
+            print(describe(request), flush=True)
+
+    reply = Reply(args.status, retry_after=args.retry_after)
+    try:
+        server = MockInteraktServer(latency=args.latency, port=args.port, on_request=show,
+                                    responder=None if args.status == 200 else lambda r: reply)
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on port {args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with server:
+        print(f"Mock Interakt Track API on {server.url} (Ctrl-C to stop). Point an app at it:")
+        print(f"  export {HOST_ENV}={server.url} {API_KEY_ENV}=test\n", flush=True)
+        while not stop.wait(0.5):
+            pass
+    print(f"\nStopped after {len(server.requests)} request(s).", flush=True)
+    return 0
+
+
+def describe(request: RecordedRequest) -> str:
+    """A received request for people: method, path, status and the JSON body, indented."""
+    body = _json(request.body) if request.body is not None else repr(request.raw)
+    indented = "\n".join("  " + line for line in body.splitlines())
+    return f"{request.method} {request.path} -> {request.status}\n{indented}\n"
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+# -- outbox ----------------------------------------------------------------------------------------
+
+_OUTBOX_ACTIONS = {
+    "stats": "show how many payloads wait in the outbox and how big it is",
+    "replay": "deliver what waits in the outbox now (key and host as for send-user)",
+    "purge": "delete everything that waits in the outbox",
+}
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    print(f"{PROG}: outbox {args.action}: not available yet", file=sys.stderr)
+    return 1
+
