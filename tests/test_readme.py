@@ -1,0 +1,91 @@
+"""Every ```python block of README.md runs, as a newcomer would paste it, against the mock API.
+
+Each block runs in a fresh interpreter in an empty directory with ``INTERAKT_HOST`` pointing at
+a MockInteraktServer and ``INTERAKT_API_KEY=test``; it must exit 0 and the server must have
+received something. Markers, an HTML comment on the line right before the block:
+``<!-- not-run: reason -->`` for a block that cannot run alone (a settings fragment), and
+``<!-- no-requests: reason -->`` for one that runs but sends nothing to INTERAKT_HOST (it
+captures, or runs its own server). A block that defines ``test_*`` functions runs under pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+from interakt_logging.testing import MockInteraktServer
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+_MARKER = re.compile(r"<!--\s*(not-run|no-requests):\s*(.*?)\s*-->\s*$")
+
+
+@dataclass
+class Block:
+    line: int
+    code: str
+    marker: Optional[str]
+    reason: str
+
+    @property
+    def id(self) -> str:
+        return f"README.md:{self.line}"
+
+
+def _blocks() -> List[Block]:
+    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for match in _FENCE.finditer(text):
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        marker = _MARKER.search(before)
+        blocks.append(Block(
+            line=text.count("\n", 0, match.start()) + 2,
+            code=match.group(1),
+            marker=marker.group(1) if marker else None,
+            reason=marker.group(2) if marker else "",
+        ))
+    return blocks
+
+
+BLOCKS = _blocks()
+RUN = [b for b in BLOCKS if b.marker != "not-run"]
+
+
+def test_inventory() -> None:
+    skipped = [b for b in BLOCKS if b.marker == "not-run"]
+    print(f"\nREADME: {len(BLOCKS)} python blocks, {len(RUN)} run, {len(skipped)} not run:")
+    for block in skipped:
+        print(f"  {block.id}: {block.reason}")
+    assert RUN, "no runnable python block found in README.md"
+    for block in BLOCKS:
+        assert block.marker is None or block.reason, f"{block.id}: a marker needs a reason"
+
+
+@pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
+def test_block_runs(block: Block, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERAKT_")}
+    with MockInteraktServer() as server:
+        env.update(INTERAKT_HOST=server.url, INTERAKT_API_KEY="test")
+        if re.search(r"^def test_", block.code, re.M):
+            (tmp_path / "test_readme_block.py").write_text(block.code)
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       "test_readme_block.py"]
+        else:
+            (tmp_path / "readme_block.py").write_text(block.code)
+            command = [sys.executable, "readme_block.py"]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=120)
+        output = f"{block.id}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        assert result.returncode == 0, output
+        if block.marker != "no-requests":
+            assert server.requests, (
+                f"{output}\nthe block sent nothing to INTERAKT_HOST; mark it "
+                "<!-- no-requests: reason --> if that is intended"
+            )
