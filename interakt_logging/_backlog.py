@@ -8,8 +8,10 @@ backlog here is the default; the outbox backlog keeps the same contract on disk.
 from __future__ import annotations
 
 import collections
+import heapq
 import threading
-from typing import Deque, Dict, List, Optional
+import time
+from typing import Deque, Dict, List, Optional, Tuple
 
 from ._payload import Payload
 
@@ -39,6 +41,7 @@ class MemoryBacklog:
         self._has_room = threading.Condition(self._lock)
         self._waiting: Deque[Payload] = collections.deque()
         self._in_flight: Dict[int, Payload] = {}
+        self._retries: List[Tuple[float, int, Payload]] = []  # (due, seq, payload), a heap
         self._markers: List[FlushMarker] = []
         self._last_seq = 0
         self._stopping = False
@@ -68,17 +71,38 @@ class MemoryBacklog:
             return len(self._waiting) < self._room
 
     def take(self, timeout: float) -> Optional[Payload]:
-        """The oldest waiting payload, now in flight; None after ``timeout`` or when stopping."""
+        """A retry that is due, else the oldest waiting payload (now in flight); None after
+        ``timeout`` or when stopping."""
         with self._lock:
-            if not self._waiting and not self._stopping:
-                self._has_work.wait(timeout)
-            if self._stopping or not self._waiting:
-                return None
-            payload = self._waiting.popleft()
-            self._in_flight[id(payload)] = payload
-            if len(self._waiting) < self._room:
-                self._has_room.notify()
-            return payload
+            deadline = time.monotonic() + timeout
+            while not self._stopping:
+                now = time.monotonic()
+                if self._retries and self._retries[0][0] <= now:
+                    return heapq.heappop(self._retries)[2]
+                if self._waiting:
+                    payload = self._waiting.popleft()
+                    self._in_flight[id(payload)] = payload
+                    if len(self._waiting) < self._room:
+                        self._has_room.notify()
+                    return payload
+                wait = deadline - now
+                if self._retries:
+                    wait = min(wait, self._retries[0][0] - now)
+                if wait <= 0:
+                    return None
+                self._has_work.wait(wait)
+            return None
+
+    def retry_later(self, payload: Payload, delay: float) -> None:
+        """Hand an in-flight payload back for another attempt after ``delay`` seconds; the
+        worker is free meanwhile, and flush still waits for it."""
+        with self._lock:
+            heapq.heappush(self._retries, (time.monotonic() + delay, payload.seq, payload))
+            self._has_work.notify()
+
+    def is_tracked(self, payload: Payload) -> bool:
+        """Still in flight, i.e. not yet taken over (reported or kept) by shutdown."""
+        return id(payload) in self._in_flight
 
     def finish(self, payload: Payload, delivered: bool) -> bool:
         """The payload is delivered or definitively failed. False when it was no longer
@@ -125,6 +149,7 @@ class MemoryBacklog:
             left = list(self._in_flight.values()) + list(self._waiting)
             self._waiting.clear()
             self._in_flight.clear()
+            self._retries.clear()
             self._has_work.notify_all()
             self._has_room.notify_all()
             for marker in self._markers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from ._errors import APIError, DeliveryError
 from ._flow import FlowControl
@@ -19,7 +19,7 @@ from ._stats import Counters
 from ._transport import NetworkError, Transport
 
 BACKOFF_BASE = 0.25
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 10.0
 RATE_LIMIT_DEFAULT_PAUSE = 1.0
 
 
@@ -47,52 +47,58 @@ class Delivery:
         self._max_retries = max_retries
         self._stop = stop
 
-    def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
-        """Deliver ``payload``; return the API's answer. Raises APIError (refused, or retries
-        used up on 5xx/429), DeliveryError (network errors outlasting the retries) or
-        Abandoned (stopping)."""
-        while True:
-            probe = self.flow.acquire(deadline)
-            if probe is None:
-                raise Abandoned()
-            try:
-                answer = self.transport.post(payload)
-            except NetworkError as exc:
+    def attempt(self, payload: Payload, deadline: Optional[float] = None) -> Tuple[bool, Any]:
+        """One try, once flow control allows it. Returns ``(True, answer)`` when delivered or
+        ``(False, delay)`` to try again after ``delay`` seconds. Raises APIError (refused, or
+        retries used up on 5xx/429), DeliveryError (network errors outlasting the retries) or
+        Abandoned (stopping, or past ``deadline``)."""
+        probe = self.flow.acquire(deadline)
+        if probe is None:
+            raise Abandoned()
+        try:
+            answer = self.transport.post(payload)
+        except NetworkError as exc:
+            counts = self.flow.failure(probe)
+            error: Exception = DeliveryError(f"could not reach the Interakt API: {exc}", exc.kind)
+            wait = backoff(payload.attempts + 1)
+        except APIError as exc:
+            error = exc
+            if exc.status_code == 429:
+                self.flow.success(probe)  # the server is up, just busy
+                pause = exc.retry_after
+                if pause is None:
+                    pause = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
+                self.flow.pause(pause)
+                wait = 0.0  # the shared pause does the waiting
+                counts = True
+            elif exc.status_code >= 500:
                 counts = self.flow.failure(probe)
-                error: Exception = DeliveryError(
-                    f"could not reach the Interakt API: {exc}", exc.kind
-                )
                 wait = backoff(payload.attempts + 1)
-            except APIError as exc:
-                error = exc
-                if exc.status_code == 429:
-                    self.flow.success(probe)  # the server is up, just busy
-                    pause = exc.retry_after
-                    if pause is None:
-                        pause = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
-                    self.flow.pause(pause)
-                    wait = 0.0  # the shared pause does the waiting
-                    counts = True
-                elif exc.status_code >= 500:
-                    counts = self.flow.failure(probe)
-                    wait = backoff(payload.attempts + 1)
-                else:
-                    self.flow.success(probe)  # a 4xx: reachable, and retrying will not help
-                    raise
             else:
-                self.flow.success(probe)
-                return answer
-            if not counts:
-                continue  # the breaker opened: this does not use up the payload's retries
-            payload.attempts += 1
-            if payload.attempts > self._max_retries:
-                if isinstance(error, DeliveryError):
-                    raise DeliveryError(
-                        f"{error} (gave up after {self._max_retries} retries)", error.reason
-                    )
-                raise error
-            self._counters.add("retried")
-            if wait > 0 and self._sleep(wait, deadline):
+                self.flow.success(probe)  # a 4xx: reachable, and retrying will not help
+                raise
+        else:
+            self.flow.success(probe)
+            return True, answer
+        if not counts:
+            return False, 0.0  # the breaker opened: this does not use up the payload's retries
+        payload.attempts += 1
+        if payload.attempts > self._max_retries:
+            if isinstance(error, DeliveryError):
+                raise DeliveryError(
+                    f"{error} (gave up after {self._max_retries} retries)", error.reason
+                )
+            raise error
+        self._counters.add("retried")
+        return False, wait
+
+    def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
+        """Deliver on this thread, sleeping between tries (sync mode). Returns the answer."""
+        while True:
+            delivered, value = self.attempt(payload, deadline)
+            if delivered:
+                return value
+            if value > 0 and self._sleep(value, deadline):
                 raise Abandoned()
 
     def _sleep(self, seconds: float, deadline: Optional[float]) -> bool:

@@ -39,7 +39,7 @@ class FlowControl:
         self._max_probe_delay = max_probe_delay
         self._next_probe = 0.0
         self._rate = rate_limit
-        self._capacity = max(1.0, rate_limit or 0.0)
+        self._capacity = 1.0  # no bursts: strict pacing keeps a sliding-window limit safe
         self._tokens = self._capacity
         self._refilled = time.monotonic()
 

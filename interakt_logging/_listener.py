@@ -145,19 +145,28 @@ class Workers:
             payload = backlog.take(_POLL)
             if payload is None:
                 continue
+            error: Optional[Exception] = None
             try:
-                self._delivery.send(payload)
+                delivered, delay = self._delivery.attempt(payload)
+                if not delivered:
+                    backlog.retry_later(payload, delay)
+                    continue
             except Abandoned:
                 return  # the backlog still lists it: shutdown reports or keeps it
             except InteraktError as exc:
-                if backlog.finish(payload, delivered=False):
-                    self._counters.add("failed")
-                    self._reporter.report(exc, payload.message())
+                error = exc
             except Exception as exc:  # pragma: no cover - a bug; keep the worker alive
                 logger.exception("interakt-logging: unexpected error while sending")
-                if backlog.finish(payload, delivered=False):
-                    self._counters.add("failed")
-                    self._reporter.report(exc, payload.message())
+                error = exc
+            self._settle(payload, error)
+
+    def _settle(self, payload: Payload, error: Optional[Exception]) -> None:
+        """Count and report first, then finish: a flush waiting on this payload returns only
+        after on_error has run."""
+        if self._backlog.is_tracked(payload):
+            if error is None:
+                self._counters.add("sent")
             else:
-                if backlog.finish(payload, delivered=True):
-                    self._counters.add("sent")
+                self._counters.add("failed")
+                self._reporter.report(error, payload.message())
+        self._backlog.finish(payload, delivered=error is None)

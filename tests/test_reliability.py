@@ -1,0 +1,292 @@
+"""Retries, rate limits, outages and shutdown against a loopback server injecting faults."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import random
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import pytest
+
+from interakt_logging import APIError, DeliveryError, InteraktHandler
+from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
+
+
+def event(user_id: Any) -> dict[str, Any]:
+    return {"interakt_event": {"user_id": user_id}}
+
+
+def test_5xx_then_success_is_retried_with_the_same_created_at(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    server.script(Reply(502), Reply(500))
+    handler = make_handler()
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(20)
+    assert [r.status for r in server.requests] == [502, 500, 200]
+    assert len({r.body["createdAt"] for r in server.requests}) == 1
+    assert handler.stats()["retried"] == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_other_4xx_are_never_retried(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], status: int,
+) -> None:
+    errors: list[tuple[Exception, Any]] = []
+    server.script(Reply(status, body={"result": False, "message": "nope"}))
+    handler = make_handler(on_error=lambda e, p: errors.append((e, p)))
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(10)
+    assert len(server.requests) == 1
+    ((error, payload),) = errors
+    assert isinstance(error, APIError) and error.status_code == status and error.message == "nope"
+    assert payload["path"] == "/v1/public/track/events/" and payload["body"]["userId"] == "1"
+    assert handler.stats()["failed"] == 1
+
+
+def test_non_json_error_body(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    errors: list[Exception] = []
+    server.script(Reply(400, body=b"<html>bad gateway config</html>"))
+    handler = make_handler(on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(10)
+    assert isinstance(errors[0], APIError) and "bad gateway config" in errors[0].message
+
+
+def test_retries_run_out_for_a_payload_the_api_keeps_rejecting(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """max_retries bounds retries of one bad event while the others pass (breaker stays closed)."""
+    server.responder = lambda r: Reply(500) if r.body["userId"] == "poison" else None
+    errors: list[Exception] = []
+    handler = make_handler(max_retries=2, on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("poison"))
+    for i in range(20):
+        logger.info("Order Placed", extra=event(str(i)))
+    assert handler.flush(30)
+    poison = [r for r in server.requests if r.body["userId"] == "poison"]
+    assert len(poison) == 3
+    assert len(server.delivered) == 20
+    assert isinstance(errors[0], APIError) and errors[0].status_code == 500
+    assert handler.stats()["circuit"] == "closed"
+
+
+def test_network_errors_are_retried_then_reported(
+    logger: logging.Logger, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    errors: list[Exception] = []
+    handler = make_handler(host="http://127.0.0.1:1", max_retries=2,
+                           on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(20)
+    assert isinstance(errors[0], DeliveryError) and errors[0].reason == "ConnectionError"
+    assert "gave up after 2 retries" in str(errors[0])
+    assert handler.stats()["retried"] == 2
+
+
+def random_faults(seed: int, error_rate: float, rate_limited: float) -> Callable[..., Optional[Reply]]:
+    """A responder failing about ``error_rate`` of requests with 500 and ``rate_limited`` with
+    429 (Retry-After: 0), never more than 3 times in a row for one payload, so the test's
+    duration does not depend on a long backoff tail."""
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    failures: dict[str, int] = {}
+
+    def respond(request: RecordedRequest) -> Optional[Reply]:
+        key = request.body["userId"]
+        with lock:
+            roll = rng.random()
+            if roll >= error_rate + rate_limited or failures.get(key, 0) >= 3:
+                return None
+            failures[key] = failures.get(key, 0) + 1
+        return Reply(500) if roll < error_rate else Reply(429, retry_after="0")
+
+    return respond
+
+
+def test_faults_over_1000_events_all_delivered_once(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    server.responder = random_faults(1234, 0.20, 0.05)
+    handler = make_handler(max_retries=10)
+    logger.addHandler(handler)
+    for i in range(1000):
+        logger.info("Order Placed", extra=event(str(i)))
+    assert handler.flush(90)
+    ids = [r.body["userId"] for r in server.delivered]
+    assert sorted(ids) == sorted(str(i) for i in range(1000))
+    failed = [r for r in server.requests if not r.ok]
+    assert 150 < len(failed) < 450
+    assert handler.stats()["failed"] == 0
+
+
+def test_a_429_pauses_every_worker_until_retry_after(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """One 429 must not become N workers' 429s: after it is answered, nothing is sent until
+    Retry-After has passed (only requests already in flight may still arrive)."""
+    first: list[float] = []
+    lock = threading.Lock()
+
+    def limiter(request: RecordedRequest) -> Optional[Reply]:
+        with lock:
+            if not first:
+                first.append(time.monotonic())
+                return Reply(429, retry_after="1")
+        return None
+
+    server.responder = limiter
+    server.latency = 0.01
+    handler = make_handler(max_retries=1)
+    logger.addHandler(handler)
+    for i in range(40):
+        logger.info("Order Placed", extra=event(str(i)))
+    assert handler.flush(30)
+    assert len(server.delivered) == 40
+    answered = first[0] + 0.01
+    quiet = [r for r in server.requests
+             if answered + 0.2 < _monotonic_of(r) < answered + 0.9]
+    assert quiet == []
+
+
+def _monotonic_of(request: RecordedRequest) -> float:
+    return time.monotonic() - (time.time() - request.received_at)
+
+
+def test_retry_after_2_with_max_retries_1_arrives_about_2s_later(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    server.script(Reply(429, retry_after="2"))
+    handler = make_handler(max_retries=1)
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(20)
+    refused, accepted = server.requests
+    assert refused.status == 429 and accepted.status == 200
+    assert 1.9 <= accepted.received_at - refused.received_at < 10
+
+
+def test_retry_after_as_http_date(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    from email.utils import formatdate
+
+    server.script(Reply(429, retry_after=formatdate(time.time() + 2, usegmt=True)))
+    handler = make_handler(max_retries=1)
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(20)
+    refused, accepted = server.requests
+    assert accepted.received_at - refused.received_at >= 0.9  # HTTP-dates have 1 s resolution
+
+
+def test_client_side_rate_limit(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    handler = make_handler(rate_limit=20)
+    logger.addHandler(handler)
+    for i in range(31):
+        logger.info("Order Placed", extra=event(str(i)))
+    assert handler.flush(30)
+    times = sorted(r.received_at for r in server.requests)
+    assert times[-1] - times[0] >= 1.3  # 30 tokens beyond the first at 20/s: at least 1.5 s
+
+
+def test_outage_of_6_seconds_with_default_settings(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """Every request fails with 503 for 6 s: the breaker opens (the events keep their retries)
+    and everything is delivered after recovery."""
+    start = time.monotonic()
+    server.responder = lambda r: Reply(503) if time.monotonic() - start < 6 else None
+    handler = make_handler()
+    logger.addHandler(handler)
+    for i in range(300):
+        logger.info("Order Placed", extra=event(str(i)))
+    deadline = time.monotonic() + 10
+    while handler.stats()["circuit"] == "closed" and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    assert handler.stats()["circuit"] in ("open", "half-open")
+    assert handler.flush(60)
+    assert sorted(r.body["userId"] for r in server.delivered) == sorted(map(str, range(300)))
+    stats = handler.stats()
+    assert stats["failed"] == 0 and stats["circuit"] == "closed"
+    failed_requests = [r for r in server.requests if r.status == 503]
+    assert len(failed_requests) < 60, "the breaker probes instead of burning retries"
+
+
+def test_many_threads_with_faults_nothing_lost_or_duplicated(
+    server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    server.responder = random_faults(99, 0.05, 0.02)
+    handler = make_handler(max_queue_size=20000, max_retries=10)
+    log = logging.getLogger("test.threads.faults")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+
+    def produce(thread: int) -> None:
+        for i in range(2500):
+            log.info("Order Placed", extra=event(f"{thread}-{i}"))
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    log.removeHandler(handler)
+    assert handler.flush(120)
+    ids = [r.body["userId"] for r in server.delivered]
+    assert len(ids) == 20000 and len(set(ids)) == 20000
+    assert handler.stats()["failed"] == handler.stats()["dropped"] == 0
+
+
+def test_close_returns_within_its_deadline_when_the_server_never_answers(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    server.hang = True
+    errors: list[Exception] = []
+    handler = make_handler(on_error=lambda e, p: errors.append(e))  # timeout=10 per request
+    logger.addHandler(handler)
+    for i in range(20):
+        logger.info("Order Placed", extra=event(str(i)))
+    started = time.monotonic()
+    handler.close(timeout=1)
+    assert time.monotonic() - started < 5  # bounded by the deadline, not by timeout=10
+    assert len(errors) == 20
+    assert all(isinstance(e, DeliveryError) and e.reason == "shutdown" for e in errors)
+    assert handler.stats()["failed"] == 20
+
+
+def test_dict_config_reconfiguration_does_not_hang(
+    server: MockInteraktServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dictConfig closes the old handlers under logging's module lock while our sender threads
+    are busy (and logging warnings): the close is bounded by shutdown_timeout."""
+    server.hang = True
+    config = {
+        "version": 1,
+        "handlers": {"interakt": {"()": "interakt_logging.InteraktHandler", "host": server.url,
+                                  "shutdown_timeout": 1}},
+        "loggers": {"test.dictconfig": {"handlers": ["interakt"], "level": "INFO"}},
+    }
+    logging.config.dictConfig(config)
+    try:
+        for i in range(10):
+            logging.getLogger("test.dictconfig").info("Order Placed", extra=event(str(i)))
+        started = time.monotonic()
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        assert time.monotonic() - started < 6
+    finally:
+        logging.getLogger("test.dictconfig").handlers.clear()
