@@ -42,8 +42,6 @@ class Pipeline:
         self.settings = settings
         self._state_lock = threading.Lock()
         self._closed = False
-        if settings.debug:
-            logger.setLevel(logging.DEBUG)
         self._build()
         _lifecycle.register(self)
 

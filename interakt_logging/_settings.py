@@ -82,6 +82,8 @@ def make_settings(
     for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise ValidationError(name, flag, "True or False")
+    if debug:  # before the key is resolved, so the key form detected is logged too
+        _logger.setLevel(logging.DEBUG)
     return Settings(
         api_key=resolve_api_key(api_key),
         host=resolve_host(host),
