@@ -130,3 +130,14 @@ def _assert_no_secret(*texts: str) -> None:
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+def test_debug_setting_shows_the_key_form(caplog: pytest.LogCaptureFixture) -> None:
+    library = logging.getLogger("interakt_logging")
+    try:
+        with caplog.at_level(logging.NOTSET):
+            InteraktHandler(api_key=dashboard_form(KEY), debug=True).close()
+    finally:
+        library.setLevel(logging.NOTSET)
+    assert "dashboard Secret Key form detected" in caplog.text
+    _assert_no_secret(caplog.text)
