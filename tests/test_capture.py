@@ -8,7 +8,7 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from interakt_logging import InteraktHandler, ValidationError, _pipeline
+from interakt_logging import InteraktHandler, InteraktProcessor, ValidationError, _pipeline, track
 from interakt_logging.testing import MockInteraktServer, capture
 
 
@@ -157,3 +157,19 @@ def test_many_threads(shop: logging.Logger, no_key: None) -> None:
             w.join(60)
     ids = [c.user_id for c in captured]
     assert len(ids) == threads * per_thread == len(set(ids))
+
+
+def test_track_and_the_structlog_processor_are_captured(no_key: None) -> None:
+    with capture() as captured:
+        try:
+            track.user(user_id="1", traits={"name": "John"})
+            track.event(user_id="1", event="Paid")
+        finally:
+            track.shutdown()
+        handler = InteraktHandler()
+        InteraktProcessor(handler)(None, "info", {"event": "Viewed", "interakt_event": {
+            "user_id": "2"}})
+        handler.close()
+    assert [(c.kind, c.name, c.user_id) for c in captured] == [
+        ("user", None, "1"), ("event", "Paid", "1"), ("event", "Viewed", "2"),
+    ]
