@@ -177,6 +177,9 @@ class Pipeline:
             return True  # nothing of this process is queued
         if self._own_thread():
             return False  # called from on_error on a sender thread: waiting would deadlock
+        return self._wait_for_queued(timeout)
+
+    def _wait_for_queued(self, timeout: float) -> bool:
         marker = FlushMarker()
         self.queue.put(marker)
         return marker.done.wait(timeout) and marker.finished
@@ -195,12 +198,13 @@ class Pipeline:
         left: List[Payload] = []
         if self._started and self._pid == os.getpid():
             if not self._own_thread():
-                self.flush(timeout)
+                self._wait_for_queued(timeout)  # not flush(): that returns at once when closed
             self.listener.stop(max(0.0, deadline - time.monotonic()))
             self._stop.set()
             self.flow.stop()
             left = self.backlog.stop()
             self.workers.join(max(0.0, min(0.2, deadline - time.monotonic())))
+            self._started = False  # a later submit finds the pipeline closed and refuses
         left.extend(self._drain_queue())
         lost = self.backlog.keep(left)
         kept = len(left) - len(lost)
