@@ -2,6 +2,7 @@
 
 from ._errors import APIError, DeliveryError, InteraktError, QueueFullError, ValidationError
 from ._handler import InteraktHandler
+from ._structlog import InteraktProcessor
 from ._version import __version__
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "DeliveryError",
     "InteraktError",
     "InteraktHandler",
+    "InteraktProcessor",
     "QueueFullError",
     "ValidationError",
     "__version__",

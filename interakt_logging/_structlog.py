@@ -1,0 +1,73 @@
+"""InteraktProcessor: the structlog front door.
+
+structlog is an optional extra, so nothing here imports it: a processor is just a callable
+``(logger, method_name, event_dict) -> event_dict``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+from ._errors import ValidationError
+from ._handler import InteraktHandler, _tag_of
+from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, parse_created_at
+
+EventDict = MutableMapping[str, Any]
+
+
+class InteraktProcessor:
+    """Sends event dicts tagged ``interakt_user`` / ``interakt_event`` through ``handler``.
+
+    Use it in ``structlog.configure(processors=[..., InteraktProcessor(handler), renderer])``::
+
+        log.info("Order Placed", interakt_event={"user_id": "42", "traits": {"total": 10}})
+
+    The tag means what it means on a log record: the event name defaults to the event dict's
+    ``event``, and ``createdAt`` to its ``timestamp`` (epoch seconds or ISO-8601, as a
+    ``TimeStamper`` puts it; naive means UTC) or else now. The payload goes into the handler's
+    queue and sender. The tag is then removed from the event dict, so renderers do not write
+    phone numbers and traits into log files, unless ``keep=True``. Never raises: bad input goes
+    to the handler's ``on_error`` and one warning, like a bad log record.
+    """
+
+    __slots__ = ("handler", "keep")
+
+    def __init__(self, handler: InteraktHandler, keep: bool = False) -> None:
+        self.handler = handler
+        self.keep = keep
+
+    def __repr__(self) -> str:
+        return f"InteraktProcessor({self.handler!r}, keep={self.keep})"
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        if EVENT_TAG not in event_dict and USER_TAG not in event_dict:
+            return event_dict
+        try:
+            path, tag = _tag_of(event_dict)
+        except ValidationError as exc:  # both tags: one record each, as for log records
+            self.handler.pipeline.counters.add("failed")
+            self.handler.pipeline.reporter.report(exc, event_dict[EVENT_TAG])
+        else:
+            name = event_dict.get("event")
+            self.handler.submit(
+                "event" if path is EVENTS_PATH else "user", tag,
+                default_event=None if name is None else str(name),
+                created=_created(event_dict.get("timestamp")),
+            )
+        if not self.keep:
+            event_dict.pop(EVENT_TAG, None)
+            event_dict.pop(USER_TAG, None)
+        return event_dict
+
+
+def _created(timestamp: Any) -> float:
+    """The event dict's ``timestamp`` as epoch seconds; now when absent or not a time (a custom
+    TimeStamper format is the log's business, not a reason to lose the event)."""
+    if timestamp is not None:
+        try:
+            return parse_created_at(timestamp, "timestamp")
+        except ValidationError:
+            pass
+    return time.time()

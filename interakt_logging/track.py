@@ -1,0 +1,115 @@
+"""A drop-in for interakt-track-python's module API: ``from interakt_logging import track``.
+
+The settings are module attributes with the original SDK's names and defaults, read once, when the
+first call builds the default InteraktHandler (``default_client``). Every call goes through that
+handler's pipeline (the same queue and sender the logging handler uses), is validated and
+serialized at the call, and raises ValidationError naming the field for bad arguments, in
+background and sync mode alike. ``shutdown()`` delivers what is queued and drops the default
+client, so a later call builds a fresh one from the (possibly changed) attributes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import orjson
+
+from ._handler import InteraktHandler
+from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, Payload, build_payload
+from ._settings import ErrorCallback
+
+# Settings, as in the original SDK (None for api_key and host: INTERAKT_API_KEY / INTERAKT_HOST,
+# then the Track API).
+api_key: Optional[str] = None
+host: Optional[str] = None
+sync_mode: bool = False
+debug: bool = False
+timeout: float = 10
+max_retries: int = 3
+max_queue_size: int = 10000
+on_error: Optional[ErrorCallback] = None
+
+default_client: Optional[InteraktHandler] = None
+"""The handler behind the module functions: built on first use, dropped by ``shutdown()``."""
+
+_client_lock = threading.Lock()
+
+
+def user(
+    user_id: Any = None,
+    country_code: Any = DEFAULT_COUNTRY_CODE,
+    phone_number: Any = None,
+    traits: Optional[Mapping[str, Any]] = None,
+    created_at: Any = None,
+) -> Any:
+    """Create or update a user and set their traits.
+
+    Background mode returns ``(True, {"path": ..., "body": ...})`` once queued, ``(False, same)``
+    when the queue was full or the client closed; sync mode returns the API's JSON answer and
+    raises APIError (with ``status_code``) or DeliveryError when the call fails.
+    """
+    return _call(build_payload(
+        USERS_PATH, user_id=user_id, phone_number=phone_number, country_code=country_code,
+        traits=traits, event=None, created_at=created_at, created=time.time(),
+    ))
+
+
+def event(
+    user_id: Any = None,
+    event: Any = None,
+    traits: Optional[Mapping[str, Any]] = None,
+    country_code: Any = DEFAULT_COUNTRY_CODE,
+    phone_number: Any = None,
+    created_at: Any = None,
+) -> Any:
+    """Record an event on the user's timeline; returns like ``user()``."""
+    return _call(build_payload(
+        EVENTS_PATH, user_id=user_id, phone_number=phone_number, country_code=country_code,
+        traits=traits, event=event, created_at=created_at, created=time.time(),
+    ))
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Wait until everything queued so far is delivered or failed, at most ``timeout`` seconds
+    (default: the handler's shutdown_timeout). True when it all finished in time."""
+    client = default_client
+    return client is None or client.flush(timeout)
+
+
+def shutdown() -> None:
+    """Deliver what is queued (bounded by shutdown_timeout), stop the sender and drop the default
+    client; the next call starts a new one from the module attributes."""
+    global default_client
+    with _client_lock:
+        client, default_client = default_client, None
+    if client is not None:
+        client.close()
+
+
+def join() -> None:
+    """The same as ``shutdown()``: the original's ``join`` also stopped its sender for good."""
+    shutdown()
+
+
+def _call(payload: Payload) -> Any:
+    client = default_client or _client()
+    if client.settings.sync_mode:
+        return client.pipeline.send(payload)
+    # As the original: whether it was queued, and the message as queued (the sender adds
+    # createdAt; on_error receives the message with it).
+    queued = client.pipeline.submit(payload)
+    return queued, {"path": payload.path, "body": orjson.loads(payload.body)}
+
+
+def _client() -> InteraktHandler:
+    global default_client
+    with _client_lock:
+        if default_client is None:
+            default_client = InteraktHandler(
+                api_key=api_key, host=host, sync_mode=sync_mode, debug=debug, timeout=timeout,
+                max_retries=max_retries, max_queue_size=max_queue_size, on_error=on_error,
+            )
+        return default_client
