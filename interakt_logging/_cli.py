@@ -56,6 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = f" (option {option})" if option else ""
         print(f"{PROG}: error: {exc}{where}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output was piped into `head` or the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         f"receives the calls and the demo prints them; with a key they go to the real API "
         f"({HOST_ENV} or https://api.interakt.ai) and the demo prints the handler's stats.",
     )
-    demo.add_argument("--user-id", default="interakt-logging-demo",
+    demo.add_argument("--user-id", default="interakt-logging-demo", metavar="ID",
                       help="the user id to send (default: %(default)s)")
     _add_debug(demo)
     demo.set_defaults(command=_demo)
@@ -97,13 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         description=f"Run MockInteraktServer on 127.0.0.1 and print every request it receives "
         f"until Ctrl-C. Point an application at it with {HOST_ENV}=<the printed URL>.",
     )
-    mock.add_argument("--port", type=int, default=8765, help="port to listen on (default: "
-                      "%(default)s; 0 picks a free one)")
-    mock.add_argument("--latency", type=float, default=0.0,
+    mock.add_argument("--port", type=int, default=8765, metavar="PORT",
+                      help="port to listen on (default: %(default)s; 0 picks a free one)")
+    mock.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                       help="seconds to wait before every answer (default: %(default)s)")
-    mock.add_argument("--status", type=int, default=200,
+    mock.add_argument("--status", type=int, default=200, metavar="CODE",
                       help="HTTP status to answer every request with (default: %(default)s)")
-    mock.add_argument("--retry-after", default=None,
+    mock.add_argument("--retry-after", default=None, metavar="VALUE",
                       help="a Retry-After header to add to every answer (e.g. with --status 429)")
     mock.set_defaults(command=_mock_server)
 
@@ -132,19 +135,20 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_call_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--user-id", help="the user's id")
-    parser.add_argument("--phone", help="phone number, digits only, without the country code")
-    parser.add_argument("--country-code", default="+91",
+    parser.add_argument("--user-id", metavar="ID", help="the user's id")
+    parser.add_argument("--phone", metavar="DIGITS",
+                        help="phone number, digits only, without the country code")
+    parser.add_argument("--country-code", default="+91", metavar="+CODE",
                         help="calling code of --phone (default: %(default)s)")
     parser.add_argument("--traits", default=None, metavar="JSON",
                         help='traits as a JSON object, e.g. \'{"name": "John"}\'')
     parser.add_argument("--created-at", default=None, metavar="ISO8601",
                         help="when it happened (default: now)")
-    parser.add_argument("--host", default=None,
+    parser.add_argument("--host", default=None, metavar="URL",
                         help=f"API host (default: {HOST_ENV}, else https://api.interakt.ai)")
-    parser.add_argument("--timeout", type=float, default=10.0,
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="seconds per attempt (default: %(default)s)")
-    parser.add_argument("--max-retries", type=int, default=3,
+    parser.add_argument("--max-retries", type=int, default=3, metavar="N",
                         help="retries on network errors, 5xx and 429 (default: %(default)s)")
     _add_debug(parser)
 
