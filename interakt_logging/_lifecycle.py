@@ -9,6 +9,7 @@ daemon sender threads are still alive, and it never starts a thread (Python 3.12
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import time
 import weakref
@@ -36,7 +37,10 @@ def _drain_at_exit() -> None:
         return
     deadline = time.monotonic() + max(p.settings.shutdown_timeout for p in pipelines)
     for pipeline in pipelines:
-        pipeline.close(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            pipeline.close(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # pragma: no cover - a bug must not stop the other drains
+            logging.getLogger("interakt_logging").exception("interakt-logging: exit drain failed")
 
 
 def _after_fork_in_child() -> None:

@@ -80,7 +80,7 @@ class Transport:
                 request, timeout=self._timeout, proxies=self._proxies, verify=self._verify,
                 cert=self._cert,
             )
-        except requests.RequestException as exc:
+        except Exception as exc:  # requests, urllib3 or socket: all mean "no HTTP answer"
             raise NetworkError(type(exc).__name__, str(exc)[:300]) from None
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug(

@@ -205,7 +205,7 @@ def test_many_threads_nothing_lost_or_duplicated(
 
 def test_stats_fields(make_handler: Callable[..., InteraktHandler]) -> None:
     stats = make_handler().stats()
-    assert set(stats) == {"enqueued", "sent", "retried", "failed", "dropped", "outboxed",
+    assert set(stats) == {"enqueued", "sent", "retried", "failed", "dropped", "outboxed", "adopted",
                           "queue_depth", "in_flight", "circuit"}
     assert stats["circuit"] == "closed"
 
