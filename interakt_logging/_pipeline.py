@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -154,7 +155,17 @@ class Pipeline:
                 except RuntimeError:  # interpreter shutting down: no new threads
                     return False
                 self._started = True
+                self._drain_at_multiprocessing_exit()
             return True
+
+    def _drain_at_multiprocessing_exit(self) -> None:
+        """A fork-started multiprocessing child ends with os._exit(), which skips atexit; its
+        finalizers still run, so the exit drain is registered there too (close is idempotent)."""
+        mp = sys.modules.get("multiprocessing")
+        if mp is not None and mp.parent_process() is not None:
+            import multiprocessing.util
+
+            multiprocessing.util.Finalize(None, self.close, exitpriority=100)
 
     def _not_kept(self, payloads: List[Payload]) -> None:
         for payload in payloads:

@@ -145,3 +145,31 @@ def test_a_long_lived_forked_worker_delivers_in_the_background(server: MockInter
             proc.kill()
     ids = [r.body["userId"] for r in server.delivered]
     assert len(ids) == len(set(ids)) == 51
+
+
+def test_multiprocessing_fork_children_deliver_when_their_target_returns(
+    python: str, server: MockInteraktServer
+) -> None:
+    """A fork-started multiprocessing child ends with os._exit(), skipping atexit: the drain
+    runs from multiprocessing's finalizers instead."""
+    done = run(python, f"""
+        import multiprocessing, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        log.addHandler(InteraktHandler(host={server.url!r}))
+        log.info("Order Placed", extra=event("parent"))
+        def work(n):
+            for i in range(25):
+                log.info("Order Placed", extra=event(f"child{{n}}-{{i}}"))
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("fork")
+            procs = [ctx.Process(target=work, args=(n,)) for n in range(2)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(30)
+            print("exitcodes", [p.exitcode for p in procs])
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "exitcodes [0, 0]" in done.stdout
+    ids = [r.body["userId"] for r in server.delivered]
+    assert len(ids) == len(set(ids)) == 51
