@@ -12,16 +12,19 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 
 from ._errors import APIError, InteraktError, ValidationError
 from ._handler import InteraktHandler
-from ._payload import EVENTS_PATH, USERS_PATH, build_payload
+from ._payload import EVENTS_PATH, USERS_PATH, build_payload, format_created
 from ._settings import API_KEY_ENV, HOST_ENV
 from ._version import __version__
 from .testing import MockInteraktServer, RecordedRequest, Reply
@@ -119,8 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         sub_action = actions.add_parser(action, help=text, description=text)
         sub_action.add_argument("path", metavar="PATH", help="the outbox file")
         if action == "replay":
-            sub_action.add_argument("--timeout", type=float, default=60.0,
+            _add_host(sub_action)
+            sub_action.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                                     help="give up after this many seconds (default: %(default)s)")
+            sub_action.add_argument("--max-retries", type=int, default=3, metavar="N",
+                                    help="retries of each payload (default: %(default)s)")
             _add_debug(sub_action)
         if action == "purge":
             sub_action.add_argument("--yes", action="store_true",
@@ -134,6 +140,11 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                         help="log what the library does (requests, key form detected) to stderr")
 
 
+def _add_host(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, metavar="URL",
+                        help=f"API host (default: {HOST_ENV}, else https://api.interakt.ai)")
+
+
 def _add_call_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user-id", metavar="ID", help="the user's id")
     parser.add_argument("--phone", metavar="DIGITS",
@@ -144,8 +155,7 @@ def _add_call_options(parser: argparse.ArgumentParser) -> None:
                         help='traits as a JSON object, e.g. \'{"name": "John"}\'')
     parser.add_argument("--created-at", default=None, metavar="ISO8601",
                         help="when it happened (default: now)")
-    parser.add_argument("--host", default=None, metavar="URL",
-                        help=f"API host (default: {HOST_ENV}, else https://api.interakt.ai)")
+    _add_host(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="seconds per attempt (default: %(default)s)")
     parser.add_argument("--max-retries", type=int, default=3, metavar="N",
@@ -305,13 +315,132 @@ def _json(value: Any) -> str:
 # -- outbox ----------------------------------------------------------------------------------------
 
 _OUTBOX_ACTIONS = {
-    "stats": "show how many payloads wait in the outbox and how big it is",
-    "replay": "deliver what waits in the outbox now (key and host as for send-user)",
-    "purge": "delete everything that waits in the outbox",
+    "stats": "show what waits in an outbox: payloads, bytes, the oldest, and who holds them",
+    "replay": "deliver now what ended processes left in an outbox (key and host as for "
+    "send-user)",
+    "purge": "delete what ended processes left in an outbox (a running process's rows stay)",
 }
 
 
-def _outbox(args: argparse.Namespace) -> int:
-    print(f"{PROG}: outbox {args.action}: not available yet", file=sys.stderr)
-    return 1
+@dataclass
+class _Census:
+    """What an outbox file holds, and whose it is: rows of running processes are theirs to
+    send; rows of ended ones wait for the next process that opens the file (or ``replay``)."""
 
+    users: int = 0
+    events: int = 0
+    size: int = 0
+    oldest: Optional[float] = None
+    left: int = 0
+    held: int = 0
+    running: List[int] = field(default_factory=list)
+
+    def describe(self, path: str) -> str:
+        total = self.users + self.events
+        lines = [f"Outbox {path}: {total} payload(s)"]
+        if total:
+            oldest = format_created(self.oldest or 0.0)
+            lines[0] += (f" ({self.users} user, {self.events} event calls), "
+                         f"{self.size / 1024:.1f} KiB, the oldest from {oldest}")
+        lines.append(f"  {self.left} left by ended processes (the next process that opens the "
+                     f"outbox delivers them, or `{PROG} outbox replay`)")
+        pids = ", ".join(str(pid) for pid in sorted(self.running)) or "none"
+        lines.append(f"  {self.held} held by running processes (pids: {pids})")
+        return "\n".join(lines)
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.path)
+    census = _census(path)
+    print(census.describe(path))
+    if args.action == "stats":
+        return 0
+    if not census.left:
+        print("Nothing was left by ended processes: nothing to do.")
+        return 0
+    if args.action == "replay":
+        return _replay(path, args)
+    return _purge(path, census, args.yes)
+
+
+def _census(path: str) -> _Census:
+    from ._outbox import _gone_owners
+
+    if not os.path.isfile(path):
+        raise ValidationError("PATH", path, "an existing outbox file")
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT owner, path, COUNT(*), SUM(size), MIN(created) FROM outbox"
+                " GROUP BY owner, path"
+            ).fetchall()
+            pids = dict(db.execute("SELECT owner, pid FROM owners").fetchall())
+            gone = {owner for owner, _ in _gone_owners(db, path + ".owners")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ValidationError("PATH", path, f"an interakt-logging outbox file ({exc})") from None
+    census = _Census()
+    for owner, api_path, count, size, oldest in rows:
+        if api_path == USERS_PATH:
+            census.users += count
+        else:
+            census.events += count
+        census.size += size
+        census.oldest = oldest if census.oldest is None else min(census.oldest, oldest)
+        if owner in gone or owner not in pids:
+            census.left += count
+        else:
+            census.held += count
+    census.running = [pid for owner, pid in pids.items() if owner not in gone]
+    return census
+
+
+def _replay(path: str, args: argparse.Namespace) -> int:
+    """Open the outbox as a sender does: it takes over what ended processes left and delivers
+    it. What is not delivered in time stays in the file."""
+    errors: Dict[str, int] = {}
+
+    def count(error: Exception, payload: Any) -> None:
+        errors[str(error)] = errors.get(str(error), 0) + 1
+
+    handler = InteraktHandler(outbox=path, host=args.host, debug=args.debug,
+                              max_retries=args.max_retries, on_error=count)
+    print(f"Delivering to {handler.settings.host} ...")
+    try:
+        handler.flush(args.timeout)
+    finally:
+        handler.close(timeout=1.0)
+    stats = handler.stats()
+    print(f"Delivered {stats['sent']}, failed {stats['failed']} (retried {stats['retried']}).")
+    for text, times in errors.items():
+        print(f"  {times} x {text}")
+    after = _census(path)
+    print(after.describe(path))
+    return 0 if not stats["failed"] and not after.left else 1
+
+
+def _purge(path: str, census: _Census, yes: bool) -> int:
+    if not yes:
+        print(f"Would delete the {census.left} payload(s) left by ended processes; "
+              "run again with --yes to delete them.")
+        return 0
+    from ._outbox import _connect, _gone_owners, _remove, _transaction
+
+    deleted = 0
+    db = _connect(path)
+    try:
+        for owner, lock_path in _gone_owners(db, path + ".owners"):
+            with _transaction(db):
+                deleted += db.execute("DELETE FROM outbox WHERE owner = ?", (owner,)).rowcount
+                db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+            _remove(lock_path)
+        with _transaction(db):  # rows of owners no longer registered at all
+            deleted += db.execute(
+                "DELETE FROM outbox WHERE owner NOT IN (SELECT owner FROM owners)"
+            ).rowcount
+    finally:
+        db.close()
+    print(f"Deleted {deleted} payload(s).")
+    return 0

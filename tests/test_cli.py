@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
@@ -219,3 +220,97 @@ def test_mock_server_port_in_use() -> None:
         port = server.url.rsplit(":", 1)[1]
         result = cli("mock-server", "--port", port)
     assert result.returncode == 1 and f"cannot listen on port {port}" in result.stderr
+
+
+# -- outbox ------------------------------------------------------------------------------------
+
+_FILL_AND_DIE = """
+import logging, os, signal, sys, time
+from interakt_logging import InteraktHandler
+handler = InteraktHandler(host="http://127.0.0.1:1", outbox=sys.argv[1], max_retries=1000,
+                          shutdown_timeout=0.2)
+log = logging.getLogger("shop")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.info("Signed Up", extra={"interakt_user": {"user_id": "u0"}})
+for i in range(4):
+    log.info("Order Placed", extra={"interakt_event": {"user_id": f"u{i}"}})
+deadline = time.monotonic() + 30
+while handler.stats()["outboxed"] < 5 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("ready", flush=True)
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()  # held until the test closes stdin
+"""
+
+
+def _fill(path: str, then: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FILL_AND_DIE, path, then], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+@pytest.fixture
+def left_outbox(tmp_path: Path) -> str:
+    """An outbox holding 5 payloads (1 user, 4 events) of a process killed with SIGKILL."""
+    path = str(tmp_path / "outbox.sqlite3")
+    proc = _fill(path, "die")
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return path
+
+
+def test_outbox_stats_replay(left_outbox: str, server: MockInteraktServer) -> None:
+    stats = cli("outbox", "stats", left_outbox)
+    assert stats.returncode == 0, stats.stderr
+    assert "5 payload(s) (1 user, 4 event calls)" in stats.stdout
+    assert "5 left by ended processes" in stats.stdout
+    replay = cli("outbox", "replay", left_outbox, "--host", server.url)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "Delivered 5, failed 0" in replay.stdout
+    assert sorted(b["userId"] for b in server.events("Order Placed")) == ["u0", "u1", "u2", "u3"]
+    assert len(server.users("u0")) == 1 and len(server.requests) == 5
+    assert f"Outbox {left_outbox}: 0 payload(s)" in cli("outbox", "stats", left_outbox).stdout
+
+
+def test_outbox_replay_refused_exits_1(left_outbox: str, server: MockInteraktServer) -> None:
+    server.responder = lambda request: Reply(401)
+    replay = cli("outbox", "replay", left_outbox, "--host", server.url)
+    assert replay.returncode == 1
+    assert "failed 5" in replay.stdout and "5 x Interakt API answered 401" in replay.stdout
+
+
+def test_outbox_purge(left_outbox: str) -> None:
+    dry = cli("outbox", "purge", left_outbox)
+    assert dry.returncode == 0 and "run again with --yes" in dry.stdout
+    assert "5 left by ended processes" in cli("outbox", "stats", left_outbox).stdout
+    purge = cli("outbox", "purge", left_outbox, "--yes")
+    assert purge.returncode == 0 and "Deleted 5 payload(s)." in purge.stdout
+    assert ": 0 payload(s)" in cli("outbox", "stats", left_outbox).stdout
+
+
+def test_outbox_of_a_running_process_is_left_alone(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    proc = _fill(path, "hold")
+    try:
+        stats = cli("outbox", "stats", path).stdout
+        assert "0 left by ended processes" in stats
+        assert f"5 held by running processes (pids: {proc.pid})" in stats
+        for action in ("replay", "purge"):
+            result = cli("outbox", action, path, "--yes" if action == "purge" else "--debug")
+            assert result.returncode == 0 and "nothing to do" in result.stdout
+    finally:
+        proc.communicate("", timeout=60)
+
+
+def test_outbox_bad_paths(tmp_path: Path) -> None:
+    missing = cli("outbox", "stats", str(tmp_path / "missing.sqlite3"))
+    assert missing.returncode == 2 and "an existing outbox file" in missing.stderr
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database " * 100)
+    wrong = cli("outbox", "stats", str(other))
+    assert wrong.returncode == 2 and "an interakt-logging outbox file" in wrong.stderr
