@@ -75,7 +75,9 @@ class InteraktHandler(logging.handlers.QueueHandler):
 
     @property
     def listener(self) -> Any:
-        return self.pipeline.listener
+        """For the Python 3.12+ queue-handler recipe (``handler.listener.start()``, and
+        ``.stop()`` at exit): start is a no-op, stop delivers what is queued and closes."""
+        return _ListenerControls(self)
 
     @listener.setter
     def listener(self, value: Any) -> None:
@@ -179,6 +181,21 @@ class InteraktHandler(logging.handlers.QueueHandler):
         """Counters (enqueued, sent, retried, failed, dropped, outboxed), queue depth, requests
         in flight and circuit state. Cheap and thread-safe."""
         return self.pipeline.stats()
+
+
+class _ListenerControls:
+    """``handler.listener`` as dictConfig users drive it. The sender starts on first use (never
+    in a pre-fork master that logged nothing), so ``start`` has nothing to do; ``stop`` must not
+    merely stop draining the queue, which would leave payloads behind, so it closes."""
+
+    def __init__(self, handler: InteraktHandler) -> None:
+        self._handler = handler
+
+    def start(self) -> None:
+        """Nothing to do: the sender starts on first use."""
+
+    def stop(self) -> None:
+        self._handler.close()
 
 
 def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
