@@ -92,6 +92,8 @@ class Pipeline:
         # The fork hook resets _started in a child; a fork that bypassed it (no os.getpid() here:
         # it costs ~150 ns a call) shows up as a queue nobody drains, checked when it is full.
         if not self._started and not self._ensure_started():
+            if not self._closed:
+                return self._send_at_exit(payload)
             self._refuse(payload, DeliveryError(_CLOSED, "closed"))
             return False
         if self.queue.qsize() >= self.settings.max_queue_size and not self._make_space():
@@ -103,7 +105,7 @@ class Pipeline:
         self.counters.bump_enqueued()
         return True
 
-    def send(self, payload: Payload) -> Any:
+    def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
         """Sync mode: deliver on the calling thread with the same retry policy; raise on failure."""
         if interceptors:
             for intercept in interceptors:
@@ -111,7 +113,7 @@ class Pipeline:
             return {"result": True, "message": "captured by interakt_logging.testing"}
         self.counters.bump_enqueued()
         try:
-            answer = self.delivery.send(payload)
+            answer = self.delivery.send(payload, deadline)
         except Abandoned:
             self.counters.add("failed")
             raise DeliveryError(_CLOSED, "closed") from None
@@ -120,6 +122,17 @@ class Pipeline:
             raise
         self.counters.add("sent")
         return answer
+
+    def _send_at_exit(self, payload: Payload) -> bool:
+        """No thread can start once the interpreter is exiting (a stdlib QueueListener handing
+        over its last records at exit, say): deliver on the calling thread, within
+        shutdown_timeout, rather than drop the payload."""
+        try:
+            self.send(payload, deadline=time.monotonic() + self.settings.shutdown_timeout)
+        except InteraktError as exc:
+            self.reporter.report(exc, payload.message())
+            return False
+        return True
 
     def _refuse(self, payload: Payload, error: InteraktError) -> None:
         self.counters.add("dropped" if isinstance(error, QueueFullError) else "failed")
