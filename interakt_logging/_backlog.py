@@ -113,6 +113,10 @@ class MemoryBacklog:
                 self._release_markers()
             return tracked
 
+    def has_leftovers(self) -> bool:
+        """True when processes that ended left payloads for this one to deliver (an outbox)."""
+        return False
+
     def keep(self, payloads: List[Payload]) -> List[Payload]:
         """At shutdown: keep what was not delivered for a later process; return what could not
         be kept. Memory keeps nothing; the outbox keeps everything that fits."""

@@ -45,6 +45,8 @@ class Pipeline:
         self._closed = False
         self._build()
         _lifecycle.register(self)
+        if self.backlog.has_leftovers():
+            self._ensure_started()  # deliver what ended processes left, without waiting for a log
 
     def _build(self) -> None:
         """Fresh queue, threads and connections: at construction and in a forked child."""

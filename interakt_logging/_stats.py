@@ -11,7 +11,7 @@ class Counters:
     """Monotonic counters. ``enqueued`` is bumped on the logging hot path, so it is an
     ``itertools.count`` (atomic, lock-free); the rest move on the sender's threads under a lock."""
 
-    FIELDS = ("sent", "retried", "failed", "dropped", "outboxed")
+    FIELDS = ("sent", "retried", "failed", "dropped", "outboxed", "adopted")
 
     def __init__(self) -> None:
         self._enqueued = itertools.count()
