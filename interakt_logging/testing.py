@@ -12,11 +12,11 @@ network and no API key. The pytest fixture ``interakt_capture`` wraps it.
 from __future__ import annotations
 
 import contextlib
+import socketserver
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union, overload
 
 import orjson
@@ -203,6 +203,7 @@ class MockInteraktServer:
         self.on_request = on_request
         self.hang = False
         self.requests: List[RecordedRequest] = []
+        self._delivered_count = 0
         self._script: List[Reply] = []
         self._cond = threading.Condition()
         self._stopped = threading.Event()
@@ -212,7 +213,8 @@ class MockInteraktServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self._server.server_port}"
+        port: int = self._server.server_address[1]
+        return f"http://{self._host}:{port}"
 
     def __enter__(self) -> MockInteraktServer:
         self.start()
@@ -266,17 +268,15 @@ class MockInteraktServer:
         """Wait until ``count`` requests were answered with a 2xx; AssertionError otherwise."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                delivered = [r for r in self.requests if r.ok]
-                if len(delivered) >= count:
-                    return delivered
+            while self._delivered_count < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(
-                        f"expected {count} delivered requests within {timeout}s, "
-                        f"got {len(delivered)} (of {len(self.requests)} received)"
+                        f"expected {count} delivered requests within {timeout}s, got "
+                        f"{self._delivered_count} (of {len(self.requests)} received)"
                     )
                 self._cond.wait(remaining)
+            return [r for r in self.requests if r.ok]
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -296,38 +296,69 @@ class MockInteraktServer:
 
     def _answered(self, request: RecordedRequest) -> None:
         with self._cond:
+            if request.ok:
+                self._delivered_count += 1
             self._cond.notify_all()
         if self.on_request is not None:
             self.on_request(request)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
 
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
 def _make_handler(mock: MockInteraktServer) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(socketserver.StreamRequestHandler):
+        """A minimal HTTP/1.1 keep-alive server: request line, headers, Content-Length body.
+        Lean on purpose: http.server's email-based header parsing would cost more CPU than
+        the client under test, in the same process."""
+
         disable_nagle_algorithm = True
 
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+        def handle(self) -> None:
+            while not mock._stopped.is_set():
+                line = self.rfile.readline(65537)
+                if not line:
+                    return
+                if line in (b"\r\n", b"\n"):
+                    continue
+                parts = line.decode("latin-1").split()
+                if len(parts) != 3:
+                    return
+                headers: Dict[str, str] = {}
+                lowered: Dict[str, str] = {}
+                while True:
+                    header = self.rfile.readline(65537)
+                    if header in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip()] = value.strip()
+                    lowered[name.strip().lower()] = value.strip()
+                length = int(lowered.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if not self._answer(parts[0], parts[1], headers, raw):
+                    return
+                if lowered.get("connection", "").lower() == "close":
+                    return
+
+        def _answer(self, method: str, path: str, headers: Dict[str, str], raw: bytes) -> bool:
             try:
                 body: Any = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
                 body = None
-            request = RecordedRequest(
-                "POST", self.path, {k: v for k, v in self.headers.items()}, body, raw
-            )
+            request = RecordedRequest(method, path, headers, body, raw)
             mock._record(request)
             reply = mock._reply_for(request)
             if reply.hang:
                 mock._stopped.wait()
-                self.close_connection = True
-                return
+                return False
             delay = reply.latency or mock.latency
             if delay:
                 time.sleep(delay)
@@ -338,17 +369,15 @@ def _make_handler(mock: MockInteraktServer) -> type:
                 ok = 200 <= reply.status < 300
                 answer = {"result": ok, "message": "Accepted" if ok else _message(reply.status)}
             data = answer if isinstance(answer, bytes) else orjson.dumps(answer)
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            head = (
+                f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Status')}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            )
             if reply.retry_after is not None:
-                self.send_header("Retry-After", reply.retry_after)
-            self.end_headers()
-            self.wfile.write(data)
+                head += f"Retry-After: {reply.retry_after}\r\n"
+            self.wfile.write(head.encode("latin-1") + b"\r\n" + data)
             mock._answered(request)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+            return True
 
     return Handler
 
