@@ -19,6 +19,9 @@ def interakt_capture() -> Iterator[Captured]:
         def test_checkout(interakt_capture):
             checkout(order)
             assert interakt_capture.events("Order Placed")[0].traits["orderNumber"] == "CUS001"
+
+    Handlers built before the test (at import time, say) are captured too, but need some
+    ``INTERAKT_API_KEY`` to be built at all.
     """
     from .testing import capture
 
