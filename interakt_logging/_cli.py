@@ -40,6 +40,8 @@ _OPTION_FOR_FIELD = {
     "event": "NAME",
     "created_at": "--created-at",
     "host": "--host",
+    "timeout": "--timeout",
+    "max_retries": "--max-retries",
     "api_key": f"environment variable {API_KEY_ENV}",
 }
 
