@@ -29,7 +29,9 @@ class InteraktProcessor:
     ``TimeStamper`` puts it; naive means UTC) or else now. The payload goes into the handler's
     queue and sender. The tag is then removed from the event dict, so renderers do not write
     phone numbers and traits into log files, unless ``keep=True``. Never raises: bad input goes
-    to the handler's ``on_error`` and one warning, like a bad log record.
+    to the handler's ``on_error`` and one warning, like a bad log record. Which events reach the
+    processor is structlog's business (a filtering bound logger, say); the handler's level and
+    filters apply to log records only.
     """
 
     __slots__ = ("handler", "keep")
