@@ -124,12 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         sub_action = actions.add_parser(action, help=text, description=text)
         sub_action.add_argument("path", metavar="PATH", help="the outbox file")
         if action == "replay":
-            _add_host(sub_action)
-            sub_action.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                                    help="give up after this many seconds (default: %(default)s)")
-            sub_action.add_argument("--max-retries", type=int, default=3, metavar="N",
-                                    help="retries of each payload (default: %(default)s)")
-            _add_debug(sub_action)
+            _add_delivery_options(sub_action, 60.0, "give up after this many seconds")
         if action == "purge":
             sub_action.add_argument("--yes", action="store_true",
                                     help="do it (without --yes, only say what would be deleted)")
@@ -142,9 +137,14 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                         help="log what the library does (requests, key form detected) to stderr")
 
 
-def _add_host(parser: argparse.ArgumentParser) -> None:
+def _add_delivery_options(parser: argparse.ArgumentParser, timeout: float, meaning: str) -> None:
     parser.add_argument("--host", default=None, metavar="URL",
                         help=f"API host (default: {HOST_ENV}, else https://api.interakt.ai)")
+    parser.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS",
+                        help=f"{meaning} (default: %(default)s)")
+    parser.add_argument("--max-retries", type=int, default=3, metavar="N",
+                        help="retries on network errors, 5xx and 429 (default: %(default)s)")
+    _add_debug(parser)
 
 
 def _add_call_options(parser: argparse.ArgumentParser) -> None:
@@ -157,12 +157,7 @@ def _add_call_options(parser: argparse.ArgumentParser) -> None:
                         help='traits as a JSON object, e.g. \'{"name": "John"}\'')
     parser.add_argument("--created-at", default=None, metavar="ISO8601",
                         help="when it happened (default: now)")
-    _add_host(parser)
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="seconds per attempt (default: %(default)s)")
-    parser.add_argument("--max-retries", type=int, default=3, metavar="N",
-                        help="retries on network errors, 5xx and 429 (default: %(default)s)")
-    _add_debug(parser)
+    _add_delivery_options(parser, 10.0, "seconds per attempt")
 
 
 # -- demo ----------------------------------------------------------------------------------------
