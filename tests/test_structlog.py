@@ -69,7 +69,7 @@ def test_native_event_is_sent_and_the_tag_kept_out_of_the_log(
     1767323045.5,  # TimeStamper(): epoch seconds
     "2026-01-02T03:04:05.500000Z",  # TimeStamper(fmt="iso")
     "2026-01-02T08:34:05.500+05:30",
-    "2026-01-02 03:04:05.5",  # naive means UTC
+    "2026-01-02 03:04:05.500",  # naive means UTC
 ])
 def test_created_at_comes_from_the_timestamp(
     server: MockInteraktServer, make_handler: Callable[..., InteraktHandler], timestamp: Any
