@@ -143,7 +143,7 @@ def test_a_429_pauses_every_worker_until_retry_after(
         with lock:
             if not first:
                 first.append(time.monotonic())
-                return Reply(429, retry_after="1")
+                return Reply(429, retry_after="2")
         return None
 
     server.responder = limiter
@@ -156,7 +156,7 @@ def test_a_429_pauses_every_worker_until_retry_after(
     assert len(server.delivered) == 40
     answered = first[0] + 0.01
     quiet = [r for r in server.requests
-             if answered + 0.2 < _monotonic_of(r) < answered + 0.9]
+             if answered + 0.5 < _monotonic_of(r) < answered + 1.8]
     assert quiet == []
 
 
@@ -182,13 +182,15 @@ def test_retry_after_as_http_date(
 ) -> None:
     from email.utils import formatdate
 
-    server.script(Reply(429, retry_after=formatdate(time.time() + 2, usegmt=True)))
+    resume_at = int(time.time()) + 3  # HTTP dates have whole seconds
+    server.script(Reply(429, retry_after=formatdate(resume_at, usegmt=True)))
     handler = make_handler(max_retries=1)
     logger.addHandler(handler)
     logger.info("Order Placed", extra=event("1"))
     assert handler.flush(20)
     refused, accepted = server.requests
-    assert accepted.received_at - refused.received_at >= 0.9  # HTTP-dates have 1 s resolution
+    assert refused.status == 429 and accepted.status == 200
+    assert accepted.received_at >= resume_at - 0.1
 
 
 def test_client_side_rate_limit(
