@@ -1,11 +1,12 @@
 """A drop-in for interakt-track-python's module API: ``from interakt_logging import track``.
 
 The settings are module attributes with the original SDK's names and defaults, read once, when the
-first call builds the default InteraktHandler (``default_client``). Every call goes through that
-handler's pipeline (the same queue and sender the logging handler uses), is validated and
-serialized at the call, and raises ValidationError naming the field for bad arguments, in
-background and sync mode alike. ``shutdown()`` delivers what is queued and drops the default
-client, so a later call builds a fresh one from the (possibly changed) attributes.
+first call builds the default InteraktHandler (``default_client``). Every call is validated and
+serialized at the call (bad arguments raise ValidationError naming the field, in background and
+sync mode alike) and goes through that handler's pipeline: its queue and its sender, the same a
+logged record takes. Assigning a handler the app already has to ``default_client`` makes the
+calls share it. ``shutdown()`` delivers what is queued and drops the default client, so a later
+call builds a fresh one from the (possibly changed) attributes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ max_queue_size: int = 10000
 on_error: Optional[ErrorCallback] = None
 
 default_client: Optional[InteraktHandler] = None
-"""The handler behind the module functions: built on first use, dropped by ``shutdown()``."""
+"""The handler behind the module functions: built on first use (or assigned), dropped (and
+closed) by ``shutdown()``."""
 
 _client_lock = threading.Lock()
 

@@ -297,6 +297,19 @@ def test_calls_share_one_pipeline(fresh_track: Any, server: MockInteraktServer) 
     assert track.default_client is handler
 
 
+def test_an_assigned_handler_serves_the_calls(
+    fresh_track: Any, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """``track.default_client = handler`` puts legacy track calls on the handler the logging
+    configuration already built: one pipeline for the whole app."""
+    handler = make_handler()
+    track.default_client = handler
+    track.event(user_id="u-1", event="Paid")
+    assert handler.flush(10)
+    assert handler.stats()["sent"] == 1
+    assert server.events("Paid")
+
+
 def test_traits_are_copied_at_the_call(fresh_track: Any, server: MockInteraktServer) -> None:
     traits: dict[str, Any] = {"items": ["a"]}
     track.event(user_id="u-1", event="Paid", traits=traits)
