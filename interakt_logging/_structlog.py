@@ -6,6 +6,7 @@ structlog is an optional extra, so nothing here imports it: a processor is just 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -15,6 +16,8 @@ from ._handler import InteraktHandler, _tag_of
 from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, parse_created_at
 
 EventDict = MutableMapping[str, Any]
+
+_logger = logging.getLogger("interakt_logging")
 
 
 class InteraktProcessor:
@@ -47,21 +50,27 @@ class InteraktProcessor:
         if EVENT_TAG not in event_dict and USER_TAG not in event_dict:
             return event_dict
         try:
-            path, tag = _tag_of(event_dict)
-        except ValidationError as exc:  # both tags: one record each, as for log records
-            self.handler.pipeline.counters.add("failed")
-            self.handler.pipeline.reporter.report(exc, event_dict[EVENT_TAG])
-        else:
-            name = event_dict.get("event")
-            self.handler.submit(
-                "event" if path is EVENTS_PATH else "user", tag,
-                default_event=None if name is None else str(name),
-                created=_created(event_dict.get("timestamp")),
-            )
+            self._submit(event_dict)
+        except Exception:  # a tag that breaks while read (a faulty Mapping): not the app's problem
+            _logger.exception("interakt-logging: could not read the tag of a structlog event")
         if not self.keep:
             event_dict.pop(EVENT_TAG, None)
             event_dict.pop(USER_TAG, None)
         return event_dict
+
+    def _submit(self, event_dict: EventDict) -> None:
+        try:
+            path, tag = _tag_of(event_dict)
+        except ValidationError as exc:  # both tags: one record each, as for log records
+            self.handler.pipeline.counters.add("failed")
+            self.handler.pipeline.reporter.report(exc, event_dict[EVENT_TAG])
+            return
+        name = event_dict.get("event")
+        self.handler.submit(
+            "event" if path is EVENTS_PATH else "user", tag,
+            default_event=None if name is None else str(name),
+            created=_created(event_dict.get("timestamp")),
+        )
 
 
 def _created(timestamp: Any) -> float:

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import pytest
@@ -137,6 +137,29 @@ def test_bad_input_never_raises_into_the_app(
     assert _lines(out) == [{"event": "Order Placed"}]  # the log line still goes out, tag removed
     assert handler.stats()["failed"] == 1
     assert server.requests == []
+
+
+class BrokenTag(Mapping[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("broken")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("broken")
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_a_tag_that_breaks_while_read_is_logged_not_raised(
+    server: MockInteraktServer, make_handler: Callable[..., InteraktHandler],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = make_handler()
+    log, out = _native(InteraktProcessor(handler))
+    with caplog.at_level(logging.ERROR, logger="interakt_logging"):
+        log.info("Order Placed", interakt_event=BrokenTag())
+    assert "could not read the tag" in caplog.text
+    assert _lines(out) == [{"event": "Order Placed"}]
 
 
 # -- structlog in front of stdlib logging -------------------------------------------------------
