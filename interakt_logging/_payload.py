@@ -80,9 +80,7 @@ def payload_from_tag(path: str, tag: Any, default_event: Optional[str], created:
     """Validate a log record's ``interakt_user`` / ``interakt_event`` tag and build its payload."""
     name = _TAG_FOR_PATH[path]
     if type(tag) is not dict:
-        if not isinstance(tag, Mapping):
-            raise ValidationError(name, tag, "a dict with user_id and/or phone_number")
-        tag = dict(tag)
+        tag = _as_dict(tag, name, "a dict with user_id and/or phone_number")
     allowed = _ALLOWED_KEYS[path]
     if not allowed.issuperset(tag):
         unknown = sorted(str(k) for k in tag if k not in allowed)
@@ -116,9 +114,7 @@ def build_payload(
     if traits is None:
         traits = {}
     elif type(traits) is not dict:
-        if not isinstance(traits, Mapping):
-            raise ValidationError("traits", traits, "a dict of trait names to values")
-        traits = dict(traits)
+        traits = _as_dict(traits, "traits", "a dict of trait names to values")
     body["traits"] = traits
     if user_id is not None:
         if isinstance(user_id, str):
@@ -156,6 +152,19 @@ def build_payload(
     # orjson returns a short bytes that keeps its whole ~4 KB output buffer allocated; a queued
     # payload holds an exact-size copy instead (about 70 ns, and ~4 KB less per queued event).
     return Payload(path, b"".join((data, b"")), created)
+
+
+def _as_dict(value: Any, field: str, expected: str) -> dict[Any, Any]:
+    """A plain dict copy of a Mapping; ValidationError for anything else, or for a Mapping
+    whose items cannot be read."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, value, expected)
+    try:
+        return dict(value)
+    except Exception as exc:
+        raise ValidationError(
+            field, value, f"{expected} (reading it raised {type(exc).__name__})"
+        ) from None
 
 
 def parse_created_at(value: Any, field: str = "created_at") -> float:

@@ -43,6 +43,7 @@ class Pipeline:
         self.settings = settings
         self._state_lock = threading.Lock()
         self._closed = False
+        self._exit_deadline: Optional[float] = None
         self._build()
         _lifecycle.register(self)
         if self.backlog.has_leftovers():
@@ -127,10 +128,12 @@ class Pipeline:
 
     def _send_at_exit(self, payload: Payload) -> bool:
         """No thread can start once the interpreter is exiting (a stdlib QueueListener handing
-        over its last records at exit, say): deliver on the calling thread, within
-        shutdown_timeout, rather than drop the payload."""
+        over its last records at exit, say): deliver on the calling thread rather than drop the
+        payload. One deadline, shutdown_timeout from the first such payload, bounds them all."""
+        if self._exit_deadline is None:
+            self._exit_deadline = time.monotonic() + self.settings.shutdown_timeout
         try:
-            self.send(payload, deadline=time.monotonic() + self.settings.shutdown_timeout)
+            self.send(payload, deadline=self._exit_deadline)
         except InteraktError as exc:
             self.reporter.report(exc, payload.message())
             return False
@@ -233,7 +236,7 @@ class Pipeline:
             self._started = False  # a later submit finds the pipeline closed and refuses
         left.extend(self._drain_queue())
         lost = self.backlog.keep(left)
-        kept = len(left) - len(lost)
+        kept = len(self.backlog)  # what stays in an outbox, rows never loaded into memory too
         for payload in lost:
             self.counters.add("failed")
             self.reporter.report(
@@ -247,11 +250,11 @@ class Pipeline:
         if lost or kept:
             logger.warning(
                 "interakt-logging: closed with %d payload(s) undelivered: %d lost, %d kept in "
-                "the outbox", len(left), len(lost), kept,
+                "the outbox", len(lost) + kept, len(lost), kept,
             )
         self.backlog.close()
         self.transport.close()
-        return not left
+        return not (lost or kept)
 
     def _drain_queue(self) -> List[Payload]:
         left: List[Payload] = []
