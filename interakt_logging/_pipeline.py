@@ -236,7 +236,8 @@ class Pipeline:
             self._started = False  # a later submit finds the pipeline closed and refuses
         left.extend(self._drain_queue())
         lost = self.backlog.keep(left)
-        kept = len(self.backlog)  # what stays in an outbox, rows never loaded into memory too
+        # What stays in an outbox: also its rows that were never loaded into memory.
+        kept = len(self.backlog) if self.settings.outbox is not None else 0
         for payload in lost:
             self.counters.add("failed")
             self.reporter.report(

@@ -199,7 +199,7 @@ def test_exit_during_an_outage_keeps_the_leftovers_for_the_next_process(
     first.ask("log A 50")
     report = first.exit()
     assert report["errors"] == [] and report["stats"]["failed"] == 0  # nothing reported lost
-    assert "0 lost" in "".join(first.stderr)
+    assert "50 payload(s) undelivered: 0 lost, 50 kept in the outbox" in "".join(first.stderr)
     assert rows(outbox) == 50
 
     with MockInteraktServer() as up:
