@@ -458,6 +458,8 @@ def delivery(sizes: Sizes, server: ServerProcess, results: Results) -> None:
               cpu, "ours", "original", "µs", "<= 0.5x")
     add_ratio(results, "-", "(info) events/s delivered at 20 ms, workers=16",
               rate, "ours, workers=16", "original", "/s", "")
+    add_ratio(results, "-", "(info) CPU µs per delivered event, workers=16",
+              cpu, "ours, workers=16", "original", "µs", "")
 
 
 # -- row 5: memory per queued event --------------------------------------------------------------
