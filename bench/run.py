@@ -1,7 +1,7 @@
 """Side-by-side benchmark of interakt-logging against the original SDK (issue 5).
 
     pip install -e ".[bench]"        # adds interakt-track-python 1.0.7, the original SDK
-    python bench/run.py              # full run, about a minute and a half on 2 cores
+    python bench/run.py              # full run, about a minute on 2 cores
     python bench/run.py --quick      # tiny N: checks that everything runs (the smoke test)
 
 Everything runs in this one process, in interleaved rounds, except the loopback Track API look-
