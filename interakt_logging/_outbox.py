@@ -205,19 +205,14 @@ class OutboxBacklog(MemoryBacklog):
                 return
             if db is not None:
                 try:
-                    (left,) = db.execute(
-                        "SELECT COUNT(*) FROM outbox WHERE owner = ?", (self._owner,)
-                    ).fetchone()
-                    if left:
-                        logger.info(
-                            "interakt-logging: %d payload(s) stay in the outbox %s for the next "
-                            "process that opens it", left, self.path,
-                        )
-                    else:
+                    if not db.execute(
+                        "SELECT 1 FROM outbox WHERE owner = ? LIMIT 1", (self._owner,)
+                    ).fetchone():
                         db.execute("DELETE FROM owners WHERE owner = ?", (self._owner,))
-                    db.close()
                 except sqlite3.Error as exc:
                     self._warn(exc)
+                finally:
+                    db.close()
             _remove(self._lock_path(self._owner))
             if self._owner_lock is not None:
                 self._owner_lock.close()
