@@ -22,6 +22,10 @@ from typing import Any, Callable
 import pytest
 
 from interakt_logging import InteraktHandler, QueueFullError
+from interakt_logging._backlog import FlushMarker
+from interakt_logging._outbox import OutboxBacklog
+from interakt_logging._payload import EVENTS_PATH, Payload
+from interakt_logging._stats import Counters
 from interakt_logging.testing import MockInteraktServer, Reply
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
@@ -181,8 +185,7 @@ def test_a_killed_process_leaves_its_rows_and_the_next_delivers_each_once_oldest
 
     with MockInteraktServer() as up:
         second = children(host=up.url, outbox=str(outbox), workers=1)  # one worker: strict order
-        up.wait_for(200)
-        answer = second.ask("flush 20")
+        answer = second.ask("flush 20")  # also waits for the rows not loaded into memory yet
         assert answer["flushed"] and answer["errors"] == []
         assert answer["stats"]["adopted"] == 200 and answer["stats"]["sent"] == 200
         assert keys(up) == [f"A-{i}" for i in range(200)]
@@ -236,6 +239,30 @@ def test_payloads_beyond_outbox_max_bytes_are_dropped_and_reported(
     handler.close()
     assert len(errors) == stats["dropped"]  # the rows it kept are not reported as lost
     assert rows(outbox) == stats["outboxed"]
+
+
+def test_a_flush_counts_rows_that_are_only_on_disk(tmp_path: Path) -> None:
+    # The backlog contract directly: a marker placed right after the outbox adopted rows (none
+    # loaded into memory yet, and more of them than the in-memory window) waits for them all.
+    path = str(tmp_path / "outbox.sqlite3")
+    ended = OutboxBacklog(path, room=10, max_bytes=1 << 20, counters=Counters())
+    assert ended.put_batch([Payload(EVENTS_PATH, b'{"n":%d}' % i, 0.0) for i in range(25)]) == []
+    ended.close()  # its 25 rows stay, its lock is released
+    counters = Counters()
+    backlog = OutboxBacklog(path, room=10, max_bytes=1 << 20, counters=counters)
+    assert backlog.has_leftovers()
+    marker = FlushMarker()
+    backlog.add_marker(marker)
+    taken = []
+    while (payload := backlog.take(0)) is not None:
+        assert not marker.done.is_set()
+        taken.append(payload.body)
+        backlog.finish(payload, delivered=True)
+    assert taken == [b'{"n":%d}' % i for i in range(25)]  # oldest first
+    assert marker.done.is_set() and marker.finished
+    assert counters.snapshot()["adopted"] == 25 and len(backlog) == 0
+    backlog.close()
+    assert rows(Path(path)) == 0
 
 
 def test_processes_sharing_an_outbox_keep_their_own_rows_until_one_dies(
