@@ -24,7 +24,7 @@ import orjson
 
 from ._errors import APIError, InteraktError, ValidationError
 from ._handler import InteraktHandler
-from ._payload import EVENTS_PATH, USERS_PATH, build_payload, format_created
+from ._payload import EVENTS_PATH, USERS_PATH, Payload, build_payload, format_created
 from ._settings import API_KEY_ENV, HOST_ENV
 from ._version import __version__
 from .testing import MockInteraktServer, RecordedRequest, Reply
@@ -228,7 +228,7 @@ def _demo_log(handler: InteraktHandler, construction: str, user_id: str) -> bool
 
 
 def _send(args: argparse.Namespace) -> int:
-    payload = build_payload(
+    queued = build_payload(
         args.path,
         user_id=args.user_id,
         phone_number=args.phone,
@@ -240,10 +240,11 @@ def _send(args: argparse.Namespace) -> int:
     )
     handler = InteraktHandler(host=args.host, sync_mode=True, debug=args.debug,
                               timeout=args.timeout, max_retries=args.max_retries)
+    payload = Payload(*queued)
     print(f"POST {handler.settings.host}{payload.path}")
     print(_json(payload.message()["body"]))
     try:
-        answer = handler.pipeline.send(payload)
+        answer = handler.pipeline.send(queued)
     except APIError as exc:
         print(f"{PROG}: refused: HTTP {exc.status_code}: {exc.message}", file=sys.stderr)
         return 1

@@ -10,12 +10,19 @@ from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
 
 from ._errors import InteraktError, ValidationError
-from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, USERS_PATH, Payload, payload_from_tag
+from ._payload import (
+    EVENT_TAG,
+    EVENTS_PATH,
+    USER_TAG,
+    USERS_PATH,
+    Payload,
+    QueuedPayload,
+    payload_from_tag,
+)
 from ._pipeline import Pipeline
 from ._settings import ErrorCallback, make_settings
 
 _KINDS = {"user": USERS_PATH, "event": EVENTS_PATH}
-_OWN_LOGGERS = ("interakt_logging", "urllib3")
 
 
 class InteraktHandler(logging.handlers.QueueHandler):
@@ -63,6 +70,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             outbox=outbox, outbox_max_bytes=outbox_max_bytes,
         )
         self.pipeline = Pipeline(self.settings)
+        self._background = not sync_mode
 
     # QueueHandler API: the queue and the listener are the pipeline's.
     @property
@@ -105,8 +113,6 @@ class InteraktHandler(logging.handlers.QueueHandler):
         return record
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(_OWN_LOGGERS):
-            return  # never feed the library's (or urllib3's) own records back in
         try:
             payload = self.prepare(record)
         except ValidationError as exc:
@@ -124,7 +130,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         except InteraktError:  # sync mode; reported by enqueue, and a log call never raises
             self.handleError(record)
 
-    def prepare(self, record: logging.LogRecord) -> Payload:
+    def prepare(self, record: logging.LogRecord) -> QueuedPayload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
         path, tag = _tag_of(record.__dict__)
         default_event = None
@@ -132,14 +138,14 @@ class InteraktHandler(logging.handlers.QueueHandler):
             default_event = record.getMessage()
         return payload_from_tag(path, tag, default_event, record.created)
 
-    def enqueue(self, payload: Payload) -> None:  # type: ignore[override]
-        if not self.settings.sync_mode:
+    def enqueue(self, payload: QueuedPayload) -> None:  # type: ignore[override]
+        if self._background:
             self.pipeline.submit(payload)
             return
         try:
             self.pipeline.send(payload)
         except InteraktError as exc:
-            self.pipeline.reporter.report(exc, payload.message())
+            self.pipeline.reporter.report(exc, Payload(*payload).message())
             raise
 
     # -- for the processor and the track module -------------------------------------------------

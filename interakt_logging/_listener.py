@@ -80,7 +80,7 @@ class PayloadListener(logging.handlers.QueueListener):
                     batch = []
                     self.backlog.add_marker(item)
                 else:
-                    batch.append(item)
+                    batch.append(Payload(*item))
                     if len(batch) >= self.batch_size:
                         break
                 try:

@@ -13,7 +13,7 @@ import decimal
 import enum
 import time
 from collections.abc import Mapping
-from typing import Any, FrozenSet, Optional
+from typing import Any, FrozenSet, Optional, Tuple
 
 import orjson
 
@@ -34,6 +34,11 @@ _TAG_FOR_PATH = {USERS_PATH: USER_TAG, EVENTS_PATH: EVENT_TAG}
 
 DEFAULT_COUNTRY_CODE = "+91"
 _JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_SERIALIZE_NUMPY
+
+
+QueuedPayload = Tuple[str, bytes, float]
+"""What the calling thread builds and queues: ``(path, body, created)``. A plain tuple costs
+~35 ns to build where a Payload object costs ~170 ns; the listener thread makes the Payload."""
 
 
 class Payload:
@@ -76,7 +81,9 @@ def format_created(created: float) -> str:
     )
 
 
-def payload_from_tag(path: str, tag: Any, default_event: Optional[str], created: float) -> Payload:
+def payload_from_tag(
+    path: str, tag: Any, default_event: Optional[str], created: float
+) -> QueuedPayload:
     """Validate a log record's ``interakt_user`` / ``interakt_event`` tag and build its payload."""
     name = _TAG_FOR_PATH[path]
     if type(tag) is not dict:
@@ -104,7 +111,7 @@ def build_payload(
     event: Any,
     created_at: Any,
     created: float,
-) -> Payload:
+) -> QueuedPayload:
     """Validate the fields of one call and serialize its body in the original SDK's key order."""
     body: dict[str, Any] = {}
     if path is EVENTS_PATH:
@@ -116,7 +123,10 @@ def build_payload(
     elif type(traits) is not dict:
         traits = _as_dict(traits, "traits", "a dict of trait names to values")
     body["traits"] = traits
-    if user_id is not None:
+    if type(user_id) is str:
+        if user_id:
+            body["userId"] = user_id
+    elif user_id is not None:
         if isinstance(user_id, str):
             if user_id:
                 body["userId"] = str(user_id)
@@ -151,7 +161,7 @@ def build_payload(
         raise _explain_unserializable(traits) from None
     # orjson returns a short bytes that keeps its whole ~4 KB output buffer allocated; a queued
     # payload holds an exact-size copy instead (about 70 ns, and ~4 KB less per queued event).
-    return Payload(path, b"".join((data, b"")), created)
+    return path, b"".join((data, b"")), created
 
 
 def _as_dict(value: Any, field: str, expected: str) -> dict[Any, Any]:

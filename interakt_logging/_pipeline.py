@@ -22,7 +22,7 @@ from ._delivery import Abandoned, Delivery
 from ._errors import DeliveryError, InteraktError, QueueFullError
 from ._flow import FlowControl
 from ._listener import PayloadListener, Workers
-from ._payload import Payload
+from ._payload import Payload, QueuedPayload
 from ._report import Reporter
 from ._settings import Settings
 from ._stats import Counters
@@ -56,7 +56,14 @@ class Pipeline:
         self._started = False
         self.counters = Counters()
         self.reporter = Reporter(s.on_error)
-        self.queue: queue.SimpleQueue[Union[Payload, FlushMarker, None]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Union[QueuedPayload, FlushMarker, None]] = (
+            queue.SimpleQueue()
+        )
+        # bound once: submit() runs on every tagged logging call
+        self._put = self.queue.put
+        self._queued = self.queue.qsize
+        self._max_queued = s.max_queue_size
+        self._bump_enqueued = self.counters.bump_enqueued
         self.flow = FlowControl(rate_limit=s.rate_limit)
         self.transport = Transport(s.api_key, s.host, s.timeout, s.workers, user_agent())
         self._stop = threading.Event()
@@ -86,30 +93,31 @@ class Pipeline:
 
     # -- the calling side ---------------------------------------------------------------------
 
-    def submit(self, payload: Payload) -> bool:
+    def submit(self, payload: QueuedPayload) -> bool:
         """Queue ``payload`` for the background sender. Never raises; False when dropped."""
         if interceptors:
             for intercept in interceptors:
-                intercept(payload)
+                intercept(Payload(*payload))
             return True
         # The fork hook resets _started in a child; a fork that bypassed it (no os.getpid() here:
         # it costs ~150 ns a call) shows up as a queue nobody drains, checked when it is full.
         if not self._started and not self._ensure_started():
             if not self._closed:
                 return self._send_at_exit(payload)
-            self._refuse(payload, DeliveryError(_CLOSED, "closed"))
+            self._refuse(Payload(*payload), DeliveryError(_CLOSED, "closed"))
             return False
-        if self.queue.qsize() >= self.settings.max_queue_size and not self._make_space():
-            self._refuse(payload, QueueFullError(
-                f"queue full ({self.settings.max_queue_size} payloads); payload dropped"
+        if self._queued() >= self._max_queued and not self._make_space():
+            self._refuse(Payload(*payload), QueueFullError(
+                f"queue full ({self._max_queued} payloads); payload dropped"
             ))
             return False
-        self.queue.put(payload)
-        self.counters.bump_enqueued()
+        self._put(payload)
+        self._bump_enqueued()
         return True
 
-    def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
+    def send(self, queued: QueuedPayload, deadline: Optional[float] = None) -> Any:
         """Sync mode: deliver on the calling thread with the same retry policy; raise on failure."""
+        payload = Payload(*queued)
         if interceptors:
             for intercept in interceptors:
                 intercept(payload)
@@ -126,7 +134,7 @@ class Pipeline:
         self.counters.add("sent")
         return answer
 
-    def _send_at_exit(self, payload: Payload) -> bool:
+    def _send_at_exit(self, payload: QueuedPayload) -> bool:
         """No thread can start once the interpreter is exiting (a stdlib QueueListener handing
         over its last records at exit, say): deliver on the calling thread rather than drop the
         payload. One deadline, shutdown_timeout from the first such payload, bounds them all."""
@@ -135,7 +143,7 @@ class Pipeline:
         try:
             self.send(payload, deadline=self._exit_deadline)
         except InteraktError as exc:
-            self.reporter.report(exc, payload.message())
+            self.reporter.report(exc, Payload(*payload).message())
             return False
         return True
 
@@ -267,7 +275,7 @@ class Pipeline:
             if isinstance(item, FlushMarker):
                 item.done.set()
             elif item is not None:
-                left.append(item)
+                left.append(Payload(*item))
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's queue, threads and connections; start anew

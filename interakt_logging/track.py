@@ -19,7 +19,7 @@ from typing import Any, Optional
 import orjson
 
 from ._handler import InteraktHandler
-from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, Payload, build_payload
+from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, QueuedPayload, build_payload
 from ._settings import ErrorCallback
 
 # Settings, as in the original SDK (None for api_key and host: INTERAKT_API_KEY / INTERAKT_HOST,
@@ -96,14 +96,15 @@ def join() -> None:
     shutdown()
 
 
-def _call(payload: Payload) -> Any:
+def _call(payload: QueuedPayload) -> Any:
     client = default_client or _client()
     if client.settings.sync_mode:
         return client.pipeline.send(payload)
     # As the original: whether it was queued, and the message as queued (the sender adds
     # createdAt; on_error receives the message with it).
     queued = client.pipeline.submit(payload)
-    return queued, {"path": payload.path, "body": orjson.loads(payload.body)}
+    path, body, _ = payload
+    return queued, {"path": path, "body": orjson.loads(body)}
 
 
 def _client() -> InteraktHandler:
