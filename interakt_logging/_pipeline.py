@@ -137,7 +137,13 @@ class Pipeline:
     def _send_at_exit(self, payload: QueuedPayload) -> bool:
         """No thread can start once the interpreter is exiting (a stdlib QueueListener handing
         over its last records at exit, say): deliver on the calling thread rather than drop the
-        payload. One deadline, shutdown_timeout from the first such payload, bounds them all."""
+        payload. One deadline, shutdown_timeout from the first such payload, bounds them all.
+        With an outbox the payload is written there instead, for the next process."""
+        if self.settings.outbox is not None:
+            for lost in self.backlog.keep([Payload(*payload)]):
+                self._refuse(lost, QueueFullError("outbox full; payload dropped"))
+                return False
+            return True
         if self._exit_deadline is None:
             self._exit_deadline = time.monotonic() + self.settings.shutdown_timeout
         try:

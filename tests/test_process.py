@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,26 @@ def test_multiprocessing_fork_children_deliver_when_their_target_returns(
     assert "exitcodes [0, 0]" in done.stdout
     ids = [r.body["userId"] for r in server.delivered]
     assert len(ids) == len(set(ids)) == 51
+
+
+@pytest.mark.parametrize("outbox", [False, True], ids=["no-outbox", "outbox"])
+def test_an_event_logged_from_an_atexit_hook_is_not_lost(
+    python: str, server: MockInteraktServer, tmp_path: Any, outbox: bool
+) -> None:
+    """The app's own atexit hook logs the first event, while Python 3.12+ refuses new threads:
+    it is sent on the calling thread, or written to the outbox for the next process."""
+    setting = f"outbox={str(tmp_path / 'outbox.sqlite3')!r}" if outbox else ""
+    done = run(python, f"""
+        import atexit
+        log.addHandler(InteraktHandler(host={server.url!r}, {setting}))
+        atexit.register(lambda: log.info("Order Placed", extra=event("at-exit")))
+    """)
+    assert done.returncode == 0, done.stderr
+    if outbox:  # a later process with the same outbox delivers whatever was left there
+        later = run(python, f"""
+            handler = InteraktHandler(host={server.url!r}, {setting})
+            handler.flush(10)
+        """)
+        assert later.returncode == 0, later.stderr
+    server.wait_for(1, timeout=20)
+    assert [r.body["userId"] for r in server.delivered] == ["at-exit"]
