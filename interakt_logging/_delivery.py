@@ -71,7 +71,7 @@ class Delivery:
                 self.flow.pause(pause)
                 wait = 0.0  # the shared pause does the waiting
                 counts = True
-            elif exc.status_code >= 500:
+            elif exc.retryable:  # 5xx
                 counts = self.flow.failure(probe)
                 wait = backoff(payload.attempts + 1)
             else:

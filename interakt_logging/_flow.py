@@ -119,14 +119,6 @@ class FlowControl:
         self._probe_delay = min(self._probe_delay * 2, self._max_probe_delay)
         self._cond.notify_all()
 
-    def release_probe(self) -> None:
-        """A probe ended without an outcome (a 4xx, say): let another go at once."""
-        with self._cond:
-            if self._state == HALF_OPEN:
-                self._state = OPEN
-                self._next_probe = time.monotonic()
-                self._cond.notify_all()
-
     def pause(self, seconds: float) -> None:
         """A 429: nobody sends for ``seconds``."""
         with self._cond:

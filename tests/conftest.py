@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -64,3 +65,24 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float =
         [sys.executable, "-c", textwrap.dedent(code)],
         env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def log_from_threads(handler: InteraktHandler, threads: int, per_thread: int) -> list[str]:
+    """Log ``per_thread`` tagged events from each of ``threads`` threads at once, through a
+    logger that has only ``handler``; returns the user ids logged (all distinct)."""
+    log = logging.getLogger(f"test.threads.{id(handler)}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+
+    def produce(thread: int) -> None:
+        for i in range(per_thread):
+            log.info("Order Placed", extra={"interakt_event": {"user_id": f"{thread}-{i}"}})
+
+    workers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    log.removeHandler(handler)
+    return [f"{t}-{i}" for t in range(threads) for i in range(per_thread)]

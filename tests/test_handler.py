@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import traceback
 from typing import Any, Callable
 
@@ -13,7 +12,7 @@ import pytest
 from interakt_logging import APIError, InteraktHandler, QueueFullError
 from interakt_logging.testing import MockInteraktServer, Reply
 
-from .conftest import API_KEY
+from .conftest import API_KEY, log_from_threads
 
 
 def event(user_id: Any, **traits: Any) -> dict[str, Any]:
@@ -179,24 +178,10 @@ def test_many_threads_nothing_lost_or_duplicated(
     server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
     handler = make_handler(max_queue_size=20000)
-    log = logging.getLogger("test.threads")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
-
-    def produce(thread: int) -> None:
-        for i in range(2500):
-            log.info("Order Placed", extra=event(f"{thread}-{i}"))
-
-    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    log.removeHandler(handler)
+    logged = log_from_threads(handler, threads=8, per_thread=2500)
     assert handler.flush(60)
     ids = [r.body["userId"] for r in server.delivered]
-    assert len(ids) == 20000 and len(set(ids)) == 20000
+    assert sorted(ids) == sorted(logged)
     stats = handler.stats()
     assert stats["sent"] == stats["enqueued"] == 20000
     assert stats["dropped"] == stats["failed"] == 0

@@ -14,6 +14,8 @@ import pytest
 from interakt_logging import APIError, DeliveryError, InteraktHandler
 from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
 
+from .conftest import log_from_threads
+
 
 def event(user_id: Any) -> dict[str, Any]:
     return {"interakt_event": {"user_id": user_id}}
@@ -233,24 +235,10 @@ def test_many_threads_with_faults_nothing_lost_or_duplicated(
 ) -> None:
     server.responder = random_faults(99, 0.05, 0.02)
     handler = make_handler(max_queue_size=20000, max_retries=10)
-    log = logging.getLogger("test.threads.faults")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
-
-    def produce(thread: int) -> None:
-        for i in range(2500):
-            log.info("Order Placed", extra=event(f"{thread}-{i}"))
-
-    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    log.removeHandler(handler)
+    logged = log_from_threads(handler, threads=8, per_thread=2500)
     assert handler.flush(120)
     ids = [r.body["userId"] for r in server.delivered]
-    assert len(ids) == 20000 and len(set(ids)) == 20000
+    assert sorted(ids) == sorted(logged)
     assert handler.stats()["failed"] == handler.stats()["dropped"] == 0
 
 
