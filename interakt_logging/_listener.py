@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import queue
 import threading
+import time
 from typing import Any, Callable, List, Optional
 
 from ._backlog import FlushMarker, MemoryBacklog
@@ -134,10 +135,11 @@ class Workers:
         for thread in self.threads:
             thread.start()
 
-    def join(self, deadline_seconds: float) -> None:
+    def join(self, deadline: float) -> None:
+        """Wait for the threads to end, all of them together until ``deadline`` (monotonic)."""
         for thread in self.threads:
             if thread.is_alive():
-                thread.join(deadline_seconds)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         backlog, stop = self._backlog, self._stop

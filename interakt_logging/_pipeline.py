@@ -246,7 +246,7 @@ class Pipeline:
             self._stop.set()
             self.flow.stop()
             left = self.backlog.stop()
-            self.workers.join(max(0.0, min(0.2, deadline - time.monotonic())))
+            self.workers.join(min(deadline, time.monotonic() + 0.2))
             self._started = False  # a later submit finds the pipeline closed and refuses
         left.extend(self._drain_queue())
         lost = self.backlog.keep(left)
