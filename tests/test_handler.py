@@ -218,7 +218,8 @@ def test_the_key_never_shows(
     texts = [caplog.text, repr(handler), str(handler), repr(handler.settings),
              repr(handler.pipeline), repr(handler.pipeline.transport)]
     for error in errors:
-        texts += [str(error), repr(error), "".join(traceback.format_exception(error))]
+        texts += [str(error), repr(error),
+                  "".join(traceback.format_exception(type(error), error, error.__traceback__))]
     for text in texts:
         for secret in secrets:
             assert secret not in text
