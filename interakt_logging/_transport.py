@@ -84,6 +84,7 @@ class Transport:
                 *_, response = self._session.resolve_redirects(
                     response, request, **self._send_settings
                 )
+            content = response.content  # read here: a reset mid-body is a network error too
         except Exception as exc:  # requests, urllib3 or socket: all mean "no HTTP answer"
             raise NetworkError(type(exc).__name__, str(exc)[:300]) from None
         if _logger.isEnabledFor(logging.DEBUG):
@@ -91,7 +92,7 @@ class Transport:
                 "POST %s -> %s in %.1f ms", payload.path, response.status_code,
                 (time.monotonic() - started) * 1000,
             )
-        return parse_response(response.status_code, response.content, response.headers)
+        return parse_response(response.status_code, content, response.headers)
 
     def close(self) -> None:
         self._session.close()

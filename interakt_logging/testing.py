@@ -166,13 +166,15 @@ class RecordedRequest:
 
 @dataclass
 class Reply:
-    """What to answer one request with."""
+    """What to answer one request with. ``hang``: never answer; ``cut``: send the status, the
+    headers and half the body, then close the connection (a reset in mid-answer)."""
 
     status: int = 200
     body: Any = None
     retry_after: Optional[str] = None
     latency: float = 0.0
     hang: bool = False
+    cut: bool = False
 
 
 Responder = Callable[[RecordedRequest], Optional[Reply]]
@@ -375,6 +377,9 @@ def _make_handler(mock: MockInteraktServer) -> type:
             )
             if reply.retry_after is not None:
                 head += f"Retry-After: {reply.retry_after}\r\n"
+            if reply.cut:
+                self.wfile.write(head.encode("latin-1") + b"\r\n" + data[: len(data) // 2])
+                return False
             self.wfile.write(head.encode("latin-1") + b"\r\n" + data)
             mock._answered(request)
             return True

@@ -280,3 +280,30 @@ def test_dict_config_reconfiguration_does_not_hang(
         assert time.monotonic() - started < 6
     finally:
         logging.getLogger("test.dictconfig").handlers.clear()
+
+
+def test_a_connection_reset_in_mid_answer_is_a_network_error(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """The status line arrives, then the body is cut: retried like any network error (the API
+    may have recorded the first try: at-least-once, with the same createdAt)."""
+    server.script(Reply(200, cut=True))
+    handler = make_handler()
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert handler.flush(20)
+    first, second = server.requests
+    assert first.body == second.body
+    assert handler.stats()["retried"] == 1 and handler.stats()["failed"] == 0
+
+
+def test_a_connection_reset_in_sync_mode_never_raises_into_the_app(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    errors: list[Exception] = []
+    server.script(*[Reply(200, cut=True)] * 2)
+    handler = make_handler(sync_mode=True, max_retries=1, on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))  # must not raise
+    assert isinstance(errors[0], DeliveryError)
+    assert handler.stats()["failed"] == 1
