@@ -127,7 +127,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             return
         try:
             self.enqueue(payload)
-        except InteraktError:  # sync mode; reported by enqueue, and a log call never raises
+        except Exception:  # sync mode (reported by enqueue), or a bug: a log call never raises
             self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
