@@ -105,7 +105,8 @@ class PayloadListener(logging.handlers.QueueListener):
         thread = self._thread
         if thread is not None:
             self.enqueue_sentinel()
-            thread.join(timeout)
+            if thread is not threading.current_thread():  # close() from on_error, say
+                thread.join(timeout)
             self._thread = None
 
 
@@ -137,8 +138,9 @@ class Workers:
 
     def join(self, deadline: float) -> None:
         """Wait for the threads to end, all of them together until ``deadline`` (monotonic)."""
+        current = threading.current_thread()  # close() may come from on_error, on a worker
         for thread in self.threads:
-            if thread.is_alive():
+            if thread.is_alive() and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -223,3 +224,31 @@ def test_the_key_never_shows(
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+def test_close_and_flush_from_on_error_do_not_deadlock(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """on_error runs on a sender thread: flush() there returns at once, close() there works."""
+    seen: list[bool] = []
+    handler: InteraktHandler
+
+    def on_error(error: Exception, payload: Any) -> None:
+        seen.append(handler.flush(5))
+        handler.close(timeout=1)
+
+    handler = make_handler(on_error=on_error)
+    logger.addHandler(handler)
+    server.script(Reply(400))
+    with caplog.at_level(logging.ERROR, logger="interakt_logging"):
+        logger.info("Order Placed", extra=event("1"))
+        deadline = threading.Event()
+        for _ in range(100):
+            if seen:
+                break
+            deadline.wait(0.05)
+    assert seen == [False]  # flush() on a sender thread would wait for itself
+    assert "on_error callback raised" not in caplog.text
+    logger.info("Order Placed", extra=event("2"))  # closed now: reported, not raised
+    assert seen == [False, True]  # this on_error ran on the calling thread, after close
