@@ -11,7 +11,7 @@ import collections
 import heapq
 import threading
 import time
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Set, Tuple
 
 from ._payload import Payload
 
@@ -41,6 +41,7 @@ class MemoryBacklog:
         self._has_room = threading.Condition(self._lock)
         self._waiting: Deque[Payload] = collections.deque()
         self._in_flight: Dict[int, Payload] = {}
+        self._settling: Set[int] = set()  # in flight, outcome being counted and reported
         self._retries: List[Tuple[float, int, Payload]] = []  # (due, seq, payload), a heap
         self._markers: List[FlushMarker] = []
         self._last_seq = 0
@@ -100,14 +101,22 @@ class MemoryBacklog:
             heapq.heappush(self._retries, (time.monotonic() + delay, payload.seq, payload))
             self._has_work.notify()
 
-    def is_tracked(self, payload: Payload) -> bool:
-        """Still in flight, i.e. not yet taken over (reported or kept) by shutdown."""
-        return id(payload) in self._in_flight
+    def begin_settle(self, payload: Payload) -> bool:
+        """A worker is about to count and report ``payload``'s outcome, then ``finish`` it:
+        from now on shutdown leaves it to the worker. False when shutdown already took it over
+        (reported or kept it), so the worker must not count or report it again."""
+        with self._lock:
+            key = id(payload)
+            if key not in self._in_flight:
+                return False
+            self._settling.add(key)
+            return True
 
     def finish(self, payload: Payload, delivered: bool) -> bool:
         """The payload is delivered or definitively failed. False when it was no longer
         tracked (shutdown already reported or kept it), so it must not be counted again."""
         with self._lock:
+            self._settling.discard(id(payload))
             tracked = self._in_flight.pop(id(payload), None) is not None
             if self._markers:
                 self._release_markers()
@@ -150,9 +159,11 @@ class MemoryBacklog:
         """Stop handing out payloads; return every unfinished one (waiting and in flight)."""
         with self._lock:
             self._stopping = True
-            left = list(self._in_flight.values()) + list(self._waiting)
+            settling = {key: self._in_flight[key] for key in self._settling}
+            left = [p for key, p in self._in_flight.items() if key not in settling]
+            left += self._waiting
             self._waiting.clear()
-            self._in_flight.clear()
+            self._in_flight = settling  # their workers count, report and finish them
             self._retries.clear()
             self._has_work.notify_all()
             self._has_room.notify_all()

@@ -167,7 +167,7 @@ class Workers:
     def _settle(self, payload: Payload, error: Optional[Exception]) -> None:
         """Count and report first, then finish: a flush waiting on this payload returns only
         after on_error has run."""
-        if self._backlog.is_tracked(payload):
+        if self._backlog.begin_settle(payload):
             if error is None:
                 self._counters.add("sent")
             else:
