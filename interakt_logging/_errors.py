@@ -34,7 +34,8 @@ class APIError(InteraktError):
         self.status_code = status_code
         self.message = message
         self.retry_after = retry_after
-        super().__init__(f"Interakt API answered {status_code}: {message}")
+        hint = " (check the API key: INTERAKT_API_KEY or api_key=)" if status_code == 401 else ""
+        super().__init__(f"Interakt API answered {status_code}: {message}{hint}")
 
     @property
     def retryable(self) -> bool:
