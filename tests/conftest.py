@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import pytest
@@ -86,3 +86,16 @@ def log_from_threads(handler: InteraktHandler, threads: int, per_thread: int) ->
         worker.join(60)
     log.removeHandler(handler)
     return [f"{t}-{i}" for t in range(threads) for i in range(per_thread)]
+
+
+class UnreadableMapping(Mapping[str, Any]):
+    """A mapping that breaks when read, as a buggy custom Mapping might."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("boom")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("boom")
+
+    def __len__(self) -> int:
+        return 1

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -16,7 +16,7 @@ from interakt_logging import InteraktHandler, InteraktProcessor, ValidationError
 from interakt_logging._payload import parse_created_at
 from interakt_logging.testing import MockInteraktServer
 
-from .conftest import run_python
+from .conftest import UnreadableMapping, run_python
 
 structlog = pytest.importorskip("structlog")
 
@@ -139,17 +139,6 @@ def test_bad_input_never_raises_into_the_app(
     assert server.requests == []
 
 
-class BrokenTag(Mapping[str, Any]):
-    def __getitem__(self, key: str) -> Any:
-        raise RuntimeError("broken")
-
-    def __iter__(self) -> Iterator[str]:
-        raise RuntimeError("broken")
-
-    def __len__(self) -> int:
-        return 1
-
-
 def test_a_tag_that_breaks_while_read_is_logged_not_raised(
     server: MockInteraktServer, make_handler: Callable[..., InteraktHandler],
     caplog: pytest.LogCaptureFixture,
@@ -157,7 +146,7 @@ def test_a_tag_that_breaks_while_read_is_logged_not_raised(
     handler = make_handler()
     log, out = _native(InteraktProcessor(handler))
     with caplog.at_level(logging.WARNING, logger="interakt_logging"):
-        log.info("Order Placed", interakt_event=BrokenTag())
+        log.info("Order Placed", interakt_event=UnreadableMapping())
     assert "interakt_event: expected" in caplog.text and "reading it raised" in caplog.text
     assert handler.stats()["failed"] == 1
     assert _lines(out) == [{"event": "Order Placed"}]

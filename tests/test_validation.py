@@ -4,13 +4,14 @@ given and what is expected; the logging call itself never raises, and nothing is
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import pytest
 
 from interakt_logging import InteraktHandler, ValidationError
 from interakt_logging.testing import MockInteraktServer
+
+from .conftest import UnreadableMapping
 
 BAD_TAGS = [
     pytest.param("interakt_event", {"traits": {"a": 1}}, "user_id", "phone_number", id="no-identity"),
@@ -142,26 +143,13 @@ def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 
-class Broken(Mapping[str, Any]):
-    """A mapping that breaks when read, as a buggy custom Mapping might."""
-
-    def __getitem__(self, key: str) -> Any:
-        raise RuntimeError("boom")
-
-    def __iter__(self) -> Iterator[str]:
-        raise RuntimeError("boom")
-
-    def __len__(self) -> int:
-        return 1
-
-
 def test_a_mapping_that_cannot_be_read_is_a_validation_error(
     make_handler: Callable[..., InteraktHandler]
 ) -> None:
     errors: list[Exception] = []
     handler = make_handler(on_error=lambda e, p: errors.append(e))
-    handler.submit("event", Broken(), default_event="E", created=0.0)  # never raises
-    handler.submit("event", {"user_id": "1", "traits": Broken()}, default_event="E", created=0.0)
+    handler.submit("event", UnreadableMapping(), default_event="E", created=0.0)  # never raises
+    handler.submit("event", {"user_id": "1", "traits": UnreadableMapping()}, default_event="E", created=0.0)
     assert [type(e) for e in errors] == [ValidationError, ValidationError]
     assert "RuntimeError" in str(errors[0])
     assert isinstance(errors[1], ValidationError) and errors[1].field == "traits"
