@@ -7,7 +7,7 @@ import logging
 import logging.handlers
 import os
 from collections.abc import Mapping
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._errors import InteraktError, ValidationError
 from ._payload import (
@@ -70,7 +70,10 @@ class InteraktHandler(logging.handlers.QueueHandler):
             outbox=outbox, outbox_max_bytes=outbox_max_bytes,
         )
         self.pipeline = Pipeline(self.settings)
-        self._background = not sync_mode
+        # what emit() does with a payload, chosen once: it runs on every tagged logging call
+        self._enqueue: Callable[[QueuedPayload], Any] = (
+            self._send_now if sync_mode else self.pipeline.submit
+        )
 
     # QueueHandler API: the queue and the listener are the pipeline's.
     @property
@@ -126,8 +129,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
             self.handleError(record)
             return
         try:
-            self.enqueue(payload)
-        except Exception:  # sync mode (reported by enqueue), or a bug: a log call never raises
+            self._enqueue(payload)
+        except Exception:  # sync mode (reported already), or a bug: a log call never raises
             self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
@@ -139,9 +142,10 @@ class InteraktHandler(logging.handlers.QueueHandler):
         return payload_from_tag(path, tag, default_event, record.created)
 
     def enqueue(self, payload: QueuedPayload) -> None:  # type: ignore[override]
-        if self._background:
-            self.pipeline.submit(payload)
-            return
+        """Queue the payload (or, in sync mode, send it now)."""
+        self._enqueue(payload)
+
+    def _send_now(self, payload: QueuedPayload) -> None:
         try:
             self.pipeline.send(payload)
         except InteraktError as exc:
@@ -167,7 +171,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             self.pipeline.reporter.report(exc, tag)
             return
         with contextlib.suppress(InteraktError):  # enqueue has reported it
-            self.enqueue(payload)
+            self._enqueue(payload)
 
     # -- life cycle -------------------------------------------------------------------------------
 
