@@ -138,7 +138,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
         path, tag = _tag_of(record.__dict__)
         default_event = None
         if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
-            default_event = record.getMessage()
+            msg = record.msg  # a str without args is its own message: skip getMessage()
+            default_event = msg if type(msg) is str and not record.args else record.getMessage()
         return payload_from_tag(path, tag, default_event, record.created)
 
     def enqueue(self, payload: QueuedPayload) -> None:  # type: ignore[override]

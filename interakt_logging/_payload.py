@@ -85,11 +85,11 @@ def payload_from_tag(
     path: str, tag: Any, default_event: Optional[str], created: float
 ) -> QueuedPayload:
     """Validate a log record's ``interakt_user`` / ``interakt_event`` tag and build its payload."""
-    name = _TAG_FOR_PATH[path]
     if type(tag) is not dict:
-        tag = _as_dict(tag, name, "a dict with user_id and/or phone_number")
+        tag = _as_dict(tag, _TAG_FOR_PATH[path], "a dict with user_id and/or phone_number")
     allowed = _ALLOWED_KEYS[path]
     if not allowed.issuperset(tag):
+        name = _TAG_FOR_PATH[path]
         unknown = sorted(str(k) for k in tag if k not in allowed)
         raise ValidationError(
             f"{name}.{unknown[0]}", tag[unknown[0]] if unknown[0] in tag else unknown[0],
