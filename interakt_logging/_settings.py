@@ -26,24 +26,25 @@ _logger = logging.getLogger("interakt_logging")
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated settings. ``api_key`` is kept out of ``repr`` so it never reaches a log line."""
+    """Validated settings, built only by ``make_settings`` (the defaults live in the signature
+    of InteraktHandler). ``api_key`` is kept out of ``repr`` so it never reaches a log line."""
 
     api_key: str = field(repr=False)
-    host: str = DEFAULT_HOST
-    sync_mode: bool = False
-    debug: bool = False
-    timeout: float = 10
-    max_retries: int = 3
-    max_queue_size: int = 10000
-    on_error: Optional[ErrorCallback] = None
-    workers: int = 8
-    batch_size: int = 100
-    shutdown_timeout: float = 5.0
-    block_on_full: bool = False
-    block_timeout: float = 1.0
-    rate_limit: Optional[float] = None
-    outbox: Optional[str] = None
-    outbox_max_bytes: int = 64 * 1024 * 1024
+    host: str
+    sync_mode: bool
+    debug: bool
+    timeout: float
+    max_retries: int
+    max_queue_size: int
+    on_error: Optional[ErrorCallback]
+    workers: int
+    batch_size: int
+    shutdown_timeout: float
+    block_on_full: bool
+    block_timeout: float
+    rate_limit: Optional[float]
+    outbox: Optional[str]
+    outbox_max_bytes: int
 
 
 def make_settings(
@@ -167,10 +168,8 @@ def resolve_host(host: str | None) -> str:
     return check_host(from_env, field=HOST_ENV)
 
 
-def check_host(host: str | None, field: str = "host") -> str:
+def check_host(host: Any, field: str = "host") -> str:
     """https anywhere, plain http only to a loopback address; a trailing slash is dropped."""
-    if host is None:
-        return DEFAULT_HOST
     if not isinstance(host, str):
         raise ValidationError(field, host, "a URL such as 'https://api.interakt.ai'")
     parts = urllib.parse.urlsplit(host.strip())
