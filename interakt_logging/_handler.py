@@ -120,8 +120,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             payload = self.prepare(record)
         except ValidationError as exc:
             d = record.__dict__
-            self.pipeline.reporter.report(exc, d.get(EVENT_TAG, d.get(USER_TAG)))
-            self.pipeline.counters.add("failed")
+            self.pipeline.reject(exc, d.get(EVENT_TAG, d.get(USER_TAG)))
             if self.settings.sync_mode:
                 self.handleError(record)
             return
@@ -168,8 +167,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         try:
             payload = payload_from_tag(path, tag, default_event, created)
         except ValidationError as exc:
-            self.pipeline.counters.add("failed")
-            self.pipeline.reporter.report(exc, tag)
+            self.pipeline.reject(exc, tag)
             return
         with contextlib.suppress(InteraktError):  # enqueue has reported it
             self._enqueue(payload)

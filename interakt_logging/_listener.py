@@ -18,7 +18,6 @@ from ._backlog import FlushMarker, MemoryBacklog
 from ._delivery import Abandoned, Delivery
 from ._errors import InteraktError
 from ._payload import Payload
-from ._report import Reporter
 from ._stats import Counters
 
 logger = logging.getLogger("interakt_logging")
@@ -119,13 +118,13 @@ class Workers:
         backlog: MemoryBacklog,
         delivery: Delivery,
         counters: Counters,
-        reporter: Reporter,
+        reject: Callable[[Exception, Any], None],
         stop: threading.Event,
     ) -> None:
         self._backlog = backlog
         self._delivery = delivery
         self._counters = counters
-        self._reporter = reporter
+        self._reject = reject
         self._stop = stop
         self.threads = [
             threading.Thread(target=self._run, name=f"interakt-logging-sender-{i}", daemon=True)
@@ -171,6 +170,5 @@ class Workers:
             if error is None:
                 self._counters.add("sent")
             else:
-                self._counters.add("failed")
-                self._reporter.report(error, payload.message())
+                self._reject(error, payload.message())
         self._backlog.finish(payload, delivered=error is None)

@@ -73,7 +73,7 @@ class Pipeline:
         self.backlog = self._make_backlog()
         self.listener = PayloadListener(self.queue, self.backlog, s.batch_size, self._not_kept)
         self.workers = Workers(
-            s.workers, self.backlog, self.delivery, self.counters, self.reporter, self._stop
+            s.workers, self.backlog, self.delivery, self.counters, self.reject, self._stop
         )
 
     def _make_backlog(self) -> MemoryBacklog:
@@ -104,12 +104,12 @@ class Pipeline:
         if not self._started and not self._ensure_started():
             if not self._closed:
                 return self._send_at_exit(payload)
-            self._refuse(Payload(*payload), DeliveryError(_CLOSED, "closed"))
+            self.reject(DeliveryError(_CLOSED, "closed"), Payload(*payload).message())
             return False
         if self._queued() >= self._max_queued and not self._make_space():
-            self._refuse(Payload(*payload), QueueFullError(
+            self.reject(QueueFullError(
                 f"queue full ({self._max_queued} payloads); payload dropped"
-            ))
+            ), Payload(*payload).message())
             return False
         self._put(payload)
         self._bump_enqueued()
@@ -141,7 +141,7 @@ class Pipeline:
         With an outbox the payload is written there instead, for the next process."""
         if self.settings.outbox is not None:
             for lost in self.backlog.keep([Payload(*payload)]):
-                self._refuse(lost, QueueFullError("outbox full; payload dropped"))
+                self.reject(QueueFullError("outbox full; payload dropped"), lost.message())
                 return False
             return True
         if self._exit_deadline is None:
@@ -153,9 +153,12 @@ class Pipeline:
             return False
         return True
 
-    def _refuse(self, payload: Payload, error: InteraktError) -> None:
+    def reject(self, error: Exception, reported: Any) -> None:
+        """Count what will not be sent (dropped for a full queue or outbox, else failed) and
+        report it: ``on_error(error, reported)`` and the warning. Every front door and the
+        workers use this one."""
         self.counters.add("dropped" if isinstance(error, QueueFullError) else "failed")
-        self.reporter.report(error, payload.message())
+        self.reporter.report(error, reported)
 
     def _make_space(self) -> bool:
         if self._pid != os.getpid():
@@ -201,7 +204,7 @@ class Pipeline:
 
     def _not_kept(self, payloads: List[Payload]) -> None:
         for payload in payloads:
-            self._refuse(payload, QueueFullError("outbox full; payload dropped"))
+            self.reject(QueueFullError("outbox full; payload dropped"), payload.message())
 
     # -- flush, close, fork -------------------------------------------------------------------
 
@@ -253,8 +256,7 @@ class Pipeline:
         # What stays in an outbox: also its rows that were never loaded into memory.
         kept = len(self.backlog) if self.settings.outbox is not None else 0
         for payload in lost:
-            self.counters.add("failed")
-            self.reporter.report(
+            self.reject(
                 DeliveryError(
                     f"not delivered within shutdown_timeout={self.settings.shutdown_timeout}s; "
                     "payload lost (configure an outbox to keep such payloads)",

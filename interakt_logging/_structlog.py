@@ -62,8 +62,7 @@ class InteraktProcessor:
         try:
             path, tag = _tag_of(event_dict)
         except ValidationError as exc:  # both tags: one record each, as for log records
-            self.handler.pipeline.counters.add("failed")
-            self.handler.pipeline.reporter.report(exc, event_dict[EVENT_TAG])
+            self.handler.pipeline.reject(exc, event_dict[EVENT_TAG])
             return
         name = event_dict.get("event")
         self.handler.submit(
