@@ -236,7 +236,9 @@ log.info("Signed Up", extra={"interakt_user": {"user_id": "u0"}})
 for i in range(4):
     log.info("Order Placed", extra={"interakt_event": {"user_id": f"u{i}"}})
 deadline = time.monotonic() + 30
-while handler.stats()["outboxed"] < 5 and time.monotonic() < deadline:
+while handler.stats()["outboxed"] < 5:  # no event says "on disk": poll, bounded
+    if time.monotonic() > deadline:
+        sys.exit(f"only {handler.stats()['outboxed']} of 5 payloads reached the outbox")
     time.sleep(0.01)
 print("ready", flush=True)
 if sys.argv[2] == "die":

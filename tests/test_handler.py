@@ -232,22 +232,20 @@ def test_close_and_flush_from_on_error_do_not_deadlock(
 ) -> None:
     """on_error runs on a sender thread: flush() there returns at once, close() there works."""
     seen: list[bool] = []
+    reported = threading.Event()
     handler: InteraktHandler
 
     def on_error(error: Exception, payload: Any) -> None:
         seen.append(handler.flush(5))
         handler.close(timeout=1)
+        reported.set()
 
     handler = make_handler(on_error=on_error)
     logger.addHandler(handler)
     server.script(Reply(400))
     with caplog.at_level(logging.ERROR, logger="interakt_logging"):
         logger.info("Order Placed", extra=event("1"))
-        deadline = threading.Event()
-        for _ in range(100):
-            if seen:
-                break
-            deadline.wait(0.05)
+        assert reported.wait(10)
     assert seen == [False]  # flush() on a sender thread would wait for itself
     assert "on_error callback raised" not in caplog.text
     logger.info("Order Placed", extra=event("2"))  # closed now: reported, not raised

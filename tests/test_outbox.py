@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,8 @@ from interakt_logging._outbox import OutboxBacklog
 from interakt_logging._payload import EVENTS_PATH, Payload
 from interakt_logging._stats import Counters
 from interakt_logging.testing import MockInteraktServer, Reply
+
+from .conftest import wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -158,10 +159,8 @@ def rows(path: Path) -> int:
 
 
 def wait_for_rows(path: Path, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while rows(path) != count:
-        assert time.monotonic() < deadline, f"outbox holds {rows(path)} rows, expected {count}"
-        time.sleep(0.02)
+    wait_until(lambda: rows(path) == count,
+               lambda: f"outbox holds {rows(path)} rows, expected {count}", timeout)
 
 
 def keys(server: MockInteraktServer) -> list[str]:
@@ -228,10 +227,8 @@ def test_payloads_beyond_outbox_max_bytes_are_dropped_and_reported(
     for i in range(40):
         tag = {"user_id": "1", "traits": {"pad": "x" * 300, "i": i}}
         logger.info("Big", extra={"interakt_event": tag})
-    deadline = time.monotonic() + 20
-    while handler.stats()["outboxed"] + handler.stats()["dropped"] < 40:
-        assert time.monotonic() < deadline, handler.stats()
-        time.sleep(0.02)
+    stats = handler.stats
+    wait_until(lambda: stats()["outboxed"] + stats()["dropped"] >= 40, lambda: str(stats()))
     stats = handler.stats()
     assert 0 < stats["outboxed"] < 40
     assert stats["dropped"] == 40 - stats["outboxed"] == len(errors)
@@ -307,7 +304,9 @@ def burst(prefix, count, on_disk=0):
         tag = {"user_id": "u1", "traits": {"key": f"{prefix}-{i}"}}
         log.info("Outbox Test", extra={"interakt_event": tag})
     deadline = time.monotonic() + 20
-    while handler.stats()["outboxed"] < on_disk and time.monotonic() < deadline:
+    while handler.stats()["outboxed"] < on_disk:  # no event says "on disk": poll, bounded
+        if time.monotonic() > deadline:
+            sys.exit(f"only {handler.stats()['outboxed']} of {on_disk} payloads reached the outbox")
         time.sleep(0.01)
 """
 
