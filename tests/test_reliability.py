@@ -166,16 +166,25 @@ def _monotonic_of(request: RecordedRequest) -> float:
     return time.monotonic() - (time.time() - request.received_at)
 
 
-def test_retry_after_2_with_max_retries_1_arrives_about_2s_later(
-    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
-) -> None:
-    server.script(Reply(429, retry_after="2"))
+def _refused_then_accepted(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], retry_after: str,
+) -> tuple[RecordedRequest, RecordedRequest]:
+    """One event, a 429 with ``retry_after``, max_retries=1: the refused and the accepted try."""
+    server.script(Reply(429, retry_after=retry_after))
     handler = make_handler(max_retries=1)
     logger.addHandler(handler)
     logger.info("Order Placed", extra=event("1"))
     assert handler.flush(20)
     refused, accepted = server.requests
     assert refused.status == 429 and accepted.status == 200
+    return refused, accepted
+
+
+def test_retry_after_2_with_max_retries_1_arrives_about_2s_later(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    refused, accepted = _refused_then_accepted(logger, server, make_handler, "2")
     assert 1.9 <= accepted.received_at - refused.received_at < 10
 
 
@@ -185,13 +194,9 @@ def test_retry_after_as_http_date(
     from email.utils import formatdate
 
     resume_at = int(time.time()) + 3  # HTTP dates have whole seconds
-    server.script(Reply(429, retry_after=formatdate(resume_at, usegmt=True)))
-    handler = make_handler(max_retries=1)
-    logger.addHandler(handler)
-    logger.info("Order Placed", extra=event("1"))
-    assert handler.flush(20)
-    refused, accepted = server.requests
-    assert refused.status == 429 and accepted.status == 200
+    _, accepted = _refused_then_accepted(
+        logger, server, make_handler, formatdate(resume_at, usegmt=True)
+    )
     assert accepted.received_at >= resume_at - 0.1
 
 
