@@ -4,6 +4,8 @@ given and what is expected; the logging call itself never raises, and nothing is
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from typing import Any, Callable
 
 import pytest
@@ -153,3 +155,42 @@ def test_a_mapping_that_cannot_be_read_is_a_validation_error(
     assert [type(e) for e in errors] == [ValidationError, ValidationError]
     assert "RuntimeError" in str(errors[0])
     assert isinstance(errors[1], ValidationError) and errors[1].field == "traits"
+
+
+def test_repeats_are_summarised_once_the_interval_has_passed(
+    logger: logging.Logger, make_handler: Callable[..., InteraktHandler],
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's promise: the first occurrence at once, repeats counted and summarised
+    at most once per interval (5 minutes; shortened here)."""
+    from interakt_logging import _report
+
+    monkeypatch.setattr(_report, "REPEAT_INTERVAL", 0.2)
+    handler = make_handler()
+    logger.addHandler(handler)
+    with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+        for _ in range(4):
+            logger.info("x", extra={"interakt_user": {"user_id": 1.5}})
+        threading.Event().wait(0.3)  # let the interval pass (a lower bound: no race)
+        logger.info("x", extra={"interakt_user": {"user_id": 1.5}})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "interakt_logging"]
+    assert len(warnings) == 2
+    assert "more like it" not in warnings[0]
+    assert "(3 more like it since the last warning)" in warnings[1]
+
+
+def test_debug_logs_one_line_per_request_with_status_and_time(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = make_handler(debug=True)
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="interakt_logging"):
+            logger.info("Order Placed", extra={"interakt_event": {"user_id": "1"}})
+            assert handler.flush(10)
+    finally:
+        logging.getLogger("interakt_logging").setLevel(logging.NOTSET)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("POST ")]
+    assert len(lines) == 1
+    assert re.fullmatch(r"POST /v1/public/track/events/ -> 200 in \d+\.\d ms", lines[0])
