@@ -64,7 +64,7 @@ class Delivery:
         except APIError as exc:
             error = exc
             if exc.status_code == 429:
-                self.flow.success(probe)  # the server is up, just busy
+                self.flow.success()  # the server is up, just busy
                 pause = exc.retry_after
                 if pause is None:
                     pause = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
@@ -75,10 +75,10 @@ class Delivery:
                 counts = self.flow.failure(probe)
                 wait = backoff(payload.attempts + 1)
             else:
-                self.flow.success(probe)  # a 4xx: reachable, and retrying will not help
+                self.flow.success()  # a 4xx: reachable, and retrying will not help
                 raise
         else:
-            self.flow.success(probe)
+            self.flow.success()
             return True, answer
         if not counts:
             return False, 0.0  # the breaker opened: this does not use up the payload's retries

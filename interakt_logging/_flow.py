@@ -87,7 +87,8 @@ class FlowControl:
             return None
         return (1.0 - self._tokens) / self._rate
 
-    def success(self, probe: bool) -> None:
+    def success(self) -> None:
+        """Any answer from the server (a 2xx, a 4xx, a 429) closes the breaker: it is up."""
         with self._cond:
             self._failures = 0
             if self._state != CLOSED:
