@@ -1,0 +1,268 @@
+"""A real Track API look-alike on loopback, for tests (re-exported by ``interakt_logging.testing``).
+
+``MockInteraktServer`` is an HTTP server on 127.0.0.1 that answers like the Track API and
+records every request (path, headers, parsed JSON body). Latency, status codes, Retry-After and
+silent hangs can be injected, globally or per request, to test retries and shutdown for real.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import orjson
+
+__all__ = ["MockInteraktServer", "RecordedRequest", "Reply"]
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it, and what it answered."""
+
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: Any
+    raw: bytes
+    status: int = 0
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass
+class Reply:
+    """What to answer one request with. ``hang``: never answer; ``cut``: send the status, the
+    headers and half the body, then close the connection (a reset in mid-answer)."""
+
+    status: int = 200
+    body: Any = None
+    retry_after: Optional[str] = None
+    latency: float = 0.0
+    hang: bool = False
+    cut: bool = False
+
+
+Responder = Callable[[RecordedRequest], Optional[Reply]]
+
+
+class MockInteraktServer:
+    """A loopback Track API. Use as a context manager; ``url`` is the host to configure.
+
+    - ``latency``: seconds to wait before every answer (e.g. 0.02 for a realistic round trip).
+    - ``script(*replies)``: answer the next requests with these replies, in order.
+    - ``responder``: a callable(request) -> Reply or None, consulted for every request (for
+      random fault injection); None falls back to the script, then to 200.
+    - ``hang = True``: accept requests and never answer (until the server stops).
+    - ``on_request``: a callable(request) called after each answer, on the server's thread
+      (``interakt-logging mock-server`` prints requests with it).
+    """
+
+    def __init__(
+        self,
+        latency: float = 0.0,
+        responder: Optional[Responder] = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        on_request: Optional[Callable[[RecordedRequest], None]] = None,
+    ) -> None:
+        self.latency = latency
+        self.responder = responder
+        self.on_request = on_request
+        self.hang = False
+        self.requests: List[RecordedRequest] = []
+        self._delivered_count = 0
+        self._script: List[Reply] = []
+        self._cond = threading.Condition()
+        self._stopped = threading.Event()
+        self._host = host
+        self._server = _Server((host, port), _make_handler(self))
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        port: int = self._server.server_address[1]
+        return f"http://{self._host}:{port}"
+
+    def __enter__(self) -> MockInteraktServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name="mock-interakt-server", daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def script(self, *replies: Union[Reply, int]) -> None:
+        """Answer the next requests with these replies (a bare int is a status code)."""
+        with self._cond:
+            self._script.extend(Reply(r) if isinstance(r, int) else r for r in replies)
+
+    # -- reading what arrived ---------------------------------------------------------------
+
+    @property
+    def delivered(self) -> List[RecordedRequest]:
+        """The requests answered with a 2xx."""
+        with self._cond:
+            return [r for r in self.requests if r.ok]
+
+    def events(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Bodies of delivered event calls, optionally only those named ``name``."""
+        return [
+            r.body for r in self.delivered
+            if r.path.endswith("/events/") and (name is None or r.body.get("event") == name)
+        ]
+
+    def users(self, user_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Bodies of delivered user calls, optionally only those for ``user_id``."""
+        return [
+            r.body for r in self.delivered
+            if r.path.endswith("/users/") and (user_id is None or r.body.get("userId") == user_id)
+        ]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> List[RecordedRequest]:
+        """Wait until ``count`` requests were answered with a 2xx; AssertionError otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._delivered_count < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {count} delivered requests within {timeout}s, got "
+                        f"{self._delivered_count} (of {len(self.requests)} received)"
+                    )
+                self._cond.wait(remaining)
+            return [r for r in self.requests if r.ok]
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _reply_for(self, request: RecordedRequest) -> Reply:
+        reply = self.responder(request) if self.responder is not None else None
+        if reply is None:
+            with self._cond:
+                if self._script:
+                    reply = self._script.pop(0)
+        if reply is None:
+            reply = Reply(hang=self.hang)
+        return reply
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._cond:
+            self.requests.append(request)
+
+    def _answered(self, request: RecordedRequest) -> None:
+        with self._cond:
+            if request.ok:
+                self._delivered_count += 1
+            self._cond.notify_all()
+        if self.on_request is not None:
+            self.on_request(request)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def _make_handler(mock: MockInteraktServer) -> type:
+    class Handler(socketserver.StreamRequestHandler):
+        """A minimal HTTP/1.1 keep-alive server: request line, headers, Content-Length body.
+        Lean on purpose: http.server's email-based header parsing would cost more CPU than
+        the client under test, in the same process."""
+
+        disable_nagle_algorithm = True
+
+        def handle(self) -> None:
+            while not mock._stopped.is_set():
+                line = self.rfile.readline(65537)
+                if not line:
+                    return
+                if line in (b"\r\n", b"\n"):
+                    continue
+                parts = line.decode("latin-1").split()
+                if len(parts) != 3:
+                    return
+                headers: Dict[str, str] = {}
+                lowered: Dict[str, str] = {}
+                while True:
+                    header = self.rfile.readline(65537)
+                    if header in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip()] = value.strip()
+                    lowered[name.strip().lower()] = value.strip()
+                length = int(lowered.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if not self._answer(parts[0], parts[1], headers, raw):
+                    return
+                if lowered.get("connection", "").lower() == "close":
+                    return
+
+        def _answer(self, method: str, path: str, headers: Dict[str, str], raw: bytes) -> bool:
+            try:
+                body: Any = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = None
+            request = RecordedRequest(method, path, headers, body, raw)
+            mock._record(request)
+            reply = mock._reply_for(request)
+            if reply.hang:
+                mock._stopped.wait()
+                return False
+            delay = reply.latency or mock.latency
+            if delay:
+                time.sleep(delay)
+            with mock._cond:
+                request.status = reply.status
+            answer = reply.body
+            if answer is None:
+                ok = 200 <= reply.status < 300
+                answer = {"result": ok, "message": "Accepted" if ok else _message(reply.status)}
+            data = answer if isinstance(answer, bytes) else orjson.dumps(answer)
+            head = (
+                f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Status')}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            )
+            if reply.retry_after is not None:
+                head += f"Retry-After: {reply.retry_after}\r\n"
+            if reply.cut:
+                self.wfile.write(head.encode("latin-1") + b"\r\n" + data[: len(data) // 2])
+                return False
+            self.wfile.write(head.encode("latin-1") + b"\r\n" + data)
+            mock._answered(request)
+            return True
+
+    return Handler
+
+
+def _message(status: int) -> str:
+    if status == 429:
+        return "Rate limit exceeded for this resource"
+    if status == 401:
+        return "Unauthorized"
+    if status >= 500:
+        return "Internal server error"
+    return "Bad request"
