@@ -19,8 +19,8 @@ from ._payload import (
     QueuedPayload,
     payload_from_tag,
 )
-from ._pipeline import Pipeline
-from ._settings import ErrorCallback, make_settings
+from ._pipeline import Pipeline, capturing
+from ._settings import API_KEY_ENV, CAPTURE_PLACEHOLDER_KEY, ErrorCallback, make_settings
 
 _KINDS = {"user": USERS_PATH, "event": EVENTS_PATH}
 
@@ -62,6 +62,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
         # sending listener, so both are set aside (see the ``listener`` property).
         del _dictconfig_queue
         logging.Handler.__init__(self, level)
+        if api_key is None and os.environ.get(API_KEY_ENV) is None and capturing():
+            api_key = CAPTURE_PLACEHOLDER_KEY  # testing.capture() sends nothing: no key needed
         self.settings = make_settings(
             api_key=api_key, host=host, sync_mode=sync_mode, debug=debug, timeout=timeout,
             max_retries=max_retries, max_queue_size=max_queue_size, on_error=on_error,

@@ -31,9 +31,32 @@ from ._version import user_agent
 
 logger = logging.getLogger("interakt_logging")
 
-# Callables that receive every payload instead of the network (``testing.capture``). Checked on
-# every submit; empty in production, where the check is one global lookup.
+# Callables that receive every payload instead of the network (``testing.capture``), changed
+# only through add_interceptor/remove_interceptor. Checked on every submit; empty in production,
+# where the check is one global lookup. Replaced, never mutated, so a sender iterating it is safe.
 interceptors: List[Callable[[Payload], None]] = []
+_interceptors_lock = threading.Lock()
+
+
+def add_interceptor(intercept: Callable[[Payload], None]) -> None:
+    """From now on, every payload of every pipeline goes to ``intercept`` instead of the API."""
+    global interceptors
+    with _interceptors_lock:
+        interceptors = [*interceptors, intercept]
+
+
+def remove_interceptor(intercept: Callable[[Payload], None]) -> None:
+    """Undo one ``add_interceptor(intercept)``; sending resumes once none is left."""
+    global interceptors
+    with _interceptors_lock:
+        remaining = list(interceptors)
+        remaining.remove(intercept)
+        interceptors = remaining
+
+
+def capturing() -> bool:
+    """True while an interceptor is registered (a ``testing.capture()`` block is active)."""
+    return bool(interceptors)
 
 _CLOSED = "the handler is closed; payload not sent"
 

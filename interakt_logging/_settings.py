@@ -16,7 +16,8 @@ from ._errors import ValidationError
 DEFAULT_HOST = "https://api.interakt.ai"
 API_KEY_ENV = "INTERAKT_API_KEY"
 HOST_ENV = "INTERAKT_HOST"
-# Used only while testing.capture() intercepts every payload, so nothing is ever sent with it.
+# The key of a handler built with none configured while testing.capture() intercepts every
+# payload (decided in InteraktHandler.__init__), so nothing is ever sent with it.
 CAPTURE_PLACEHOLDER_KEY = "interakt-logging-capture-placeholder"
 
 ErrorCallback = Callable[[Exception, Any], Any]
@@ -112,16 +113,14 @@ def resolve_api_key(api_key: str | None) -> str:
     Key exactly as the dashboard shows it (base64 of ``key:``), which is detected and decoded.
     Errors and debug lines describe the key, never show it.
     """
+    if api_key == CAPTURE_PLACEHOLDER_KEY:
+        _logger.debug("no api key configured: testing.capture() is active, none is needed")
+        return api_key
     source = "the api_key argument"
     if api_key is None:
         api_key = os.environ.get(API_KEY_ENV)
         source = f"the {API_KEY_ENV} environment variable"
     if api_key is None:
-        from ._pipeline import interceptors  # late: _pipeline imports this module
-
-        if interceptors:
-            _logger.debug("no api key configured: testing.capture() is active, none is needed")
-            return CAPTURE_PLACEHOLDER_KEY
         raise ValidationError(
             "api_key", None, f"the Interakt API key, passed as api_key= or set in {API_KEY_ENV}"
         )

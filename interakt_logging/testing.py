@@ -118,9 +118,6 @@ class Captured(Sequence[CapturedCall]):
             self._calls.clear()
 
 
-_interceptors_lock = threading.Lock()
-
-
 @contextlib.contextmanager
 def capture() -> Iterator[Captured]:
     """Record every payload that would be sent while the block runs, instead of sending it.
@@ -137,10 +134,8 @@ def capture() -> Iterator[Captured]:
     """
     captured = Captured()
     intercept = captured._intercept
-    with _interceptors_lock:
-        _pipeline.interceptors.append(intercept)
+    _pipeline.add_interceptor(intercept)
     try:
         yield captured
     finally:
-        with _interceptors_lock:
-            _pipeline.interceptors.remove(intercept)
+        _pipeline.remove_interceptor(intercept)
