@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs, as a newcomer would paste it, against the mock API.
+"""Every ```python block of README.md and docs/*.md runs, as a newcomer would paste it, against
+the mock API; the README stays short enough to read in five minutes; relative links resolve.
 
 Each block runs in a fresh interpreter in an empty directory with ``INTERAKT_HOST`` pointing at
 a MockInteraktServer and ``INTERAKT_API_KEY=test``; it must exit 0 and the server must have
@@ -22,13 +23,17 @@ import pytest
 
 from interakt_logging.testing import MockInteraktServer
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_BYTES = 12_000  # the rest goes to docs/, by topic
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _MARKER = re.compile(r"<!--\s*(not-run|no-requests):\s*(.*?)\s*-->\s*$")
 
 
 @dataclass
 class Block:
+    page: str
     line: int
     code: str
     marker: Optional[str]
@@ -36,16 +41,24 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}"
+        return f"{self.page}:{self.line}"
 
 
 def _blocks() -> List[Block]:
-    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for page in PAGES:
+        blocks.extend(_blocks_of(page))
+    return blocks
+
+
+def _blocks_of(page: Path) -> List[Block]:
+    text = page.read_text(encoding="utf-8")
     blocks = []
     for match in _FENCE.finditer(text):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = _MARKER.search(before)
         blocks.append(Block(
+            page=page.relative_to(ROOT).as_posix(),
             line=text.count("\n", 0, match.start()) + 2,
             code=match.group(1),
             marker=marker.group(1) if marker else None,
@@ -60,10 +73,11 @@ RUN = [b for b in BLOCKS if b.marker != "not-run"]
 
 def test_inventory() -> None:
     skipped = [b for b in BLOCKS if b.marker == "not-run"]
-    print(f"\nREADME: {len(BLOCKS)} python blocks, {len(RUN)} run, {len(skipped)} not run:")
+    print(f"\nREADME and docs: {len(BLOCKS)} python blocks, {len(RUN)} run, "
+          f"{len(skipped)} not run:")
     for block in skipped:
         print(f"  {block.id}: {block.reason}")
-    assert RUN, "no runnable python block found in README.md"
+    assert any(b.page == "README.md" for b in RUN), "no runnable python block found in README.md"
     for block in BLOCKS:
         assert block.marker is None or block.reason, f"{block.id}: a marker needs a reason"
 
@@ -89,3 +103,32 @@ def test_block_runs(block: Block, tmp_path: Path) -> None:
                 f"{output}\nthe block sent nothing to INTERAKT_HOST; mark it "
                 "<!-- no-requests: reason --> if that is intended"
             )
+
+
+def test_readme_is_short() -> None:
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size} bytes, more than {README_MAX_BYTES}: put the new text in the "
+        "docs/ page of its topic and link it"
+    )
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> List[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.*)$", page.read_text(encoding="utf-8"), re.M)
+    return [re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_relative_links_resolve(page: Path) -> None:
+    for target in _LINK.findall(page.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: link to {target}: no such file"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), f"{page.name}: link to {target}: no such heading"
