@@ -8,8 +8,8 @@ Everything runs in this one process, in interleaved rounds, except the loopback 
 alikes (``MockInteraktServer`` at 20 ms latency, and one that never answers), which run in child
 processes so that their CPU stays out of the measurements, and the exit-drain row, which times a
 child process that logs and exits. It prints a Markdown report: medians, the ratios the targets
-are about, and whether each is met. Rows whose subject is missing (the original SDK is not
-installed, ``interakt_logging.track`` is not there yet) are skipped with a note.
+are about, and whether each is met. Rows of the original SDK are skipped with a note when it is
+not installed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from interakt_logging import InteraktHandler
+from interakt_logging import track as our_track
+from interakt_logging.testing import wait_until
 
 API_KEY = "bench-key"
 LATENCY = 0.020
@@ -155,30 +157,25 @@ def park_original(track: ModuleType, client: Any, results: Results) -> None:
     results.after_hang.append(client.join)
 
 
-def our_facade() -> Tuple[Optional[ModuleType], str]:
-    try:
-        from interakt_logging import track as facade
-    except ImportError as exc:
-        return None, f"interakt_logging.track is not available ({exc})"
-    return facade, ""
-
-
-def start_facade(facade: ModuleType, url: str, max_queue_size: int) -> None:
+def start_facade(url: str, max_queue_size: int) -> InteraktHandler:
     """Configured like the original: module attributes, read when the first call builds it."""
-    stop_facade(facade)
-    facade.api_key = API_KEY
-    facade.host = url
-    facade.max_queue_size = max_queue_size
-    facade.event(user_id="42", event="warm-up", traits={})
-    wait_sending(facade.default_client)
+    stop_facade()
+    our_track.api_key = API_KEY
+    our_track.host = url
+    our_track.max_queue_size = max_queue_size
+    our_track.event(user_id="42", event="warm-up", traits={})
+    client = our_track.default_client
+    assert client is not None
+    wait_sending(client)
+    return client
 
 
-def stop_facade(facade: ModuleType) -> None:
+def stop_facade() -> None:
     """Drop the facade's client without draining (what is left is reported lost)."""
-    client = facade.default_client
+    client = our_track.default_client
     if client is not None:
         client.close(timeout=0)
-    facade.shutdown()
+    our_track.shutdown()
 
 
 # -- rows 1 and 2: cost on the calling thread ----------------------------------------------------
@@ -228,19 +225,10 @@ def module_event(event: Callable[..., Any], drops: List[int]) -> Loop:
     return run
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def wait_sending(handler: InteraktHandler) -> None:
     """Until the sender threads run and one request is out (to the server that never answers)."""
-    if not wait_until(lambda: handler.stats()["in_flight"] >= 1, 10):
-        raise RuntimeError(f"the sender did not start: {handler.stats()}")
+    wait_until(lambda: handler.stats()["in_flight"] >= 1,
+               lambda: f"the sender did not start: {handler.stats()}", 10)
 
 
 @dataclass
@@ -278,20 +266,13 @@ def caller_cost(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
     else:
         original = start_original(track, hanging.url, max_queue_size=big, max_retries=0,
                                   on_error=lambda error, message: None)
-        wait_until(lambda: original.queue.qsize() == 0, 10)  # its consumer has the warm-up
+        wait_until(lambda: original.queue.qsize() == 0,  # its consumer has the warm-up
+                   lambda: "the original SDK's consumer did not take the warm-up", 10)
         queues.append(original.queue)
         variants["original track.event"] = module_event(track.event, original_drops)
-    facade, why = our_facade()
-    if facade is None:
-        results.notes.append(f"facade row skipped: {why}")
-    else:
-        try:
-            start_facade(facade, hanging.url, big)
-        except Exception as exc:  # a facade being written: report, do not fail the bench
-            results.notes.append(f"facade row skipped: could not configure it ({exc!r})")
-        else:
-            variants["our track.event facade"] = module_event(facade.event, facade_drops)
-            queues.append(facade.default_client.queue)
+    facade = start_facade(hanging.url, big)
+    variants["our track.event facade"] = module_event(our_track.event, facade_drops)
+    queues.append(facade.queue)
 
     names = list(variants)
     per_call: Dict[str, List[float]] = {name: [] for name in names}
@@ -309,6 +290,7 @@ def caller_cost(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
     results.per_call = per_call
 
     ours_stats = ours.stats()
+    facade_stats = facade.stats()
     results.notes.append(
         "caller rows (1, 2): CPU time of the calling thread (time.thread_time) per call, so "
         "other load on the machine does not count; every sender is running, with one request "
@@ -318,14 +300,13 @@ def caller_cost(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
     results.notes.append(
         f"caller rows: ours dropped {ours_stats['dropped']} and failed {ours_stats['failed']} "
         f"of {ours_stats['enqueued']} queued (max_queue_size={big}); the original refused "
-        f"{sum(original_drops)}; the facade refused {sum(facade_drops)}"
-        + _facade_drops(facade)
+        f"{sum(original_drops)}; the facade refused {sum(facade_drops)} (facade handler: "
+        f"dropped {facade_stats['dropped']}, failed {facade_stats['failed']})"
     )
     ours.close(timeout=0)  # what is still queued is reported lost, out of the measurement
     if track is not None and original is not None:
         park_original(track, original, results)
-    if facade is not None:
-        stop_facade(facade)
+    stop_facade()
 
     floor = "NullHandler untagged (floor)"
     add_ratio(results, "1", "tagged logger.info, InteraktHandler",
@@ -352,14 +333,6 @@ def empty(q: Any) -> None:
             return
         if hasattr(q, "task_done"):
             q.task_done()
-
-
-def _facade_drops(facade: Optional[ModuleType]) -> str:
-    client = facade.default_client if facade is not None else None
-    if client is None:
-        return ""
-    stats = client.stats()
-    return f" (facade handler: dropped {stats['dropped']}, failed {stats['failed']})"
 
 
 def add_ratio(
@@ -470,7 +443,7 @@ def measure_memory(queue_events: Callable[[], None], settled: Callable[[], bool]
     try:
         before = tracemalloc.get_traced_memory()[0]
         queue_events()
-        wait_until(settled, 10)
+        wait_until(settled, lambda: "the queued events did not settle", 10)
         gc.collect()
         return tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -507,7 +480,8 @@ def memory(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
     if track is not None:
         client = start_original(track, hanging.url, max_queue_size=2 * n, max_retries=0,
                                 on_error=lambda error, message: None)
-        wait_until(lambda: client.queue.qsize() == 0, 10)  # its consumer has the warm-up
+        wait_until(lambda: client.queue.qsize() == 0,  # its consumer has the warm-up
+                   lambda: "the original SDK's consumer did not take the warm-up", 10)
 
         def queue_original() -> None:
             for i in range(n):

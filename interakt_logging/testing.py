@@ -7,15 +7,19 @@ silent hangs can be injected, globally or per request, to test retries and shutd
 ``capture()`` is the lighter tool for unit tests: while it is active, every payload any
 InteraktHandler, structlog processor or ``track`` call would send is recorded instead, with no
 network and no API key. The pytest fixture ``interakt_capture`` wraps it.
+
+``wait_until()`` waits, with a deadline, for a state no event announces (a breaker's state,
+rows in an outbox file), instead of a bare sleep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Union, overload
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union, overload
 
 import orjson
 
@@ -30,6 +34,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "capture",
+    "wait_until",
 ]
 
 
@@ -139,3 +144,16 @@ def capture() -> Iterator[Captured]:
         yield captured
     finally:
         _pipeline.remove_interceptor(intercept)
+
+
+def wait_until(
+    condition: Callable[[], bool], what: Callable[[], str], timeout: float = 20.0
+) -> None:
+    """Wait until ``condition()`` holds, for states no event announces (a breaker's state, rows
+    in an SQLite file): checked every 20 ms, AssertionError with ``what()`` past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()  # never set: its wait() is an interruptible pause
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(what())
+        tick.wait(0.02)

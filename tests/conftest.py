@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
@@ -16,6 +15,7 @@ import pytest
 
 from interakt_logging import InteraktHandler
 from interakt_logging.testing import MockInteraktServer
+from interakt_logging.testing import wait_until as wait_until  # one helper, tests and bench
 
 API_KEY = "test-key-5f2b9c"
 
@@ -100,13 +100,3 @@ class UnreadableMapping(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return 1
-
-
-def wait_until(condition: Callable[[], bool], what: Callable[[], str], timeout: float = 20) -> None:
-    """Wait until ``condition()`` holds, for states no event announces (a breaker's state, rows
-    in an SQLite file): checked every 20 ms, AssertionError with ``what()`` past ``timeout``."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()  # never set: its wait() is an interruptible pause
-    while not condition():
-        assert time.monotonic() < deadline, what()
-        tick.wait(0.02)
