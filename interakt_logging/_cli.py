@@ -25,7 +25,7 @@ import orjson
 from ._errors import APIError, InteraktError, ValidationError
 from ._handler import InteraktHandler
 from ._payload import EVENTS_PATH, USERS_PATH, Payload, build_payload, format_created
-from ._settings import API_KEY_ENV, HOST_ENV
+from ._settings import API_KEY_ENV, HOST_ENV, require_api_key
 from ._version import __version__
 from .testing import MockInteraktServer, RecordedRequest, Reply
 
@@ -228,6 +228,7 @@ def _demo_log(handler: InteraktHandler, construction: str, user_id: str) -> bool
 
 
 def _send(args: argparse.Namespace) -> int:
+    require_api_key(None)
     queued = build_payload(
         args.path,
         user_id=args.user_id,

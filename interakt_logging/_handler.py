@@ -20,9 +20,17 @@ from ._payload import (
     payload_from_tag,
 )
 from ._pipeline import Pipeline, capturing
-from ._settings import API_KEY_ENV, CAPTURE_PLACEHOLDER_KEY, ErrorCallback, make_settings
+from ._settings import (
+    API_KEY_ENV,
+    CAPTURE_PLACEHOLDER_KEY,
+    ErrorCallback,
+    make_settings,
+    no_key_error,
+)
 
 _KINDS = {"user": USERS_PATH, "event": EVENTS_PATH}
+
+_logger = logging.getLogger("interakt_logging")
 
 
 class InteraktHandler(logging.handlers.QueueHandler):
@@ -76,6 +84,14 @@ class InteraktHandler(logging.handlers.QueueHandler):
         self._enqueue: Callable[[QueuedPayload], Any] = (
             self._send_now if sync_mode else self.pipeline.submit
         )
+        if self.settings.api_key is None:
+            # Like Sentry without a DSN: the app (and every manage.py command) starts; what
+            # would have been sent is reported, so the missing key cannot go unnoticed.
+            _logger.warning(
+                "interakt-logging: no API key: set %s (or pass api_key=); tagged records are "
+                "reported to on_error as failed and not sent", API_KEY_ENV,
+            )
+            self._enqueue = self._refuse_without_key
 
     # QueueHandler API: the queue and the listener are the pipeline's.
     @property
@@ -146,6 +162,12 @@ class InteraktHandler(logging.handlers.QueueHandler):
     def enqueue(self, payload: QueuedPayload) -> None:  # type: ignore[override]
         """Queue the payload (or, in sync mode, send it now)."""
         self._enqueue(payload)
+
+    def _refuse_without_key(self, payload: QueuedPayload) -> None:
+        if capturing():  # testing.capture() needs no key
+            self.pipeline.submit(payload)
+        else:
+            self.pipeline.reject(no_key_error(), Payload(*payload).message())
 
     def _send_now(self, payload: QueuedPayload) -> None:
         try:

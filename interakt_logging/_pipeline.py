@@ -69,7 +69,7 @@ class Pipeline:
         self._exit_deadline: Optional[float] = None
         self._build()
         _lifecycle.register(self)
-        if self.backlog.has_leftovers():
+        if settings.api_key is not None and self.backlog.has_leftovers():
             self._ensure_started()  # deliver what ended processes left, without waiting for a log
 
     def _build(self) -> None:
@@ -88,7 +88,8 @@ class Pipeline:
         self._max_queued = s.max_queue_size
         self._bump_enqueued = self.counters.bump_enqueued
         self.flow = FlowControl(rate_limit=s.rate_limit)
-        self.transport = Transport(s.api_key, s.host, s.timeout, s.workers, user_agent())
+        # without a key nothing reaches the transport: the handler refuses every payload
+        self.transport = Transport(s.api_key or "", s.host, s.timeout, s.workers, user_agent())
         self._stop = threading.Event()
         self.delivery = Delivery(
             self.transport, self.flow, self.counters, s.max_retries, self._stop

@@ -30,7 +30,7 @@ class Settings:
     """Validated settings, built only by ``make_settings`` (the defaults live in the signature
     of InteraktHandler). ``api_key`` is kept out of ``repr`` so it never reaches a log line."""
 
-    api_key: str = field(repr=False)
+    api_key: Optional[str] = field(repr=False)  # None: no key configured (see no_key_error)
     host: str
     sync_mode: bool
     debug: bool
@@ -106,8 +106,9 @@ def make_settings(
     )
 
 
-def resolve_api_key(api_key: str | None) -> str:
-    """Return the key to authenticate with, from the argument or ``INTERAKT_API_KEY``.
+def resolve_api_key(api_key: str | None) -> str | None:
+    """Return the key to authenticate with, from the argument or ``INTERAKT_API_KEY``; None when
+    neither is set, so an app (and every ``manage.py`` command) starts without one.
 
     Both forms users hold are accepted: the decoded key the original SDK wants, and the Secret
     Key exactly as the dashboard shows it (base64 of ``key:``), which is detected and decoded.
@@ -121,9 +122,7 @@ def resolve_api_key(api_key: str | None) -> str:
         api_key = os.environ.get(API_KEY_ENV)
         source = f"the {API_KEY_ENV} environment variable"
     if api_key is None:
-        raise ValidationError(
-            "api_key", None, f"the Interakt API key, passed as api_key= or set in {API_KEY_ENV}"
-        )
+        return None
     if not isinstance(api_key, str):
         raise ValidationError(
             "api_key", f"<a {type(api_key).__name__}, hidden>", "the key as a str"
@@ -137,6 +136,20 @@ def resolve_api_key(api_key: str | None) -> str:
         return decoded
     _logger.debug("api key from %s: used as given (decoded form)", source)
     return key
+
+
+def no_key_error() -> ValidationError:
+    """What a payload is refused with when no key is configured (and what ``track`` and the CLI
+    raise at the call, as the original SDK did)."""
+    return ValidationError(
+        "api_key", None, f"the Interakt API key, passed as api_key= or set in {API_KEY_ENV}"
+    )
+
+
+def require_api_key(api_key: str | None) -> None:
+    """For calls that fail at once without a key (``track``, the CLI), as the original SDK's."""
+    if api_key is None and os.environ.get(API_KEY_ENV) is None:
+        raise no_key_error()
 
 
 def _decode_dashboard_form(key: str) -> str | None:

@@ -20,7 +20,8 @@ import orjson
 
 from ._handler import InteraktHandler
 from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, QueuedPayload, build_payload
-from ._settings import ErrorCallback
+from ._pipeline import capturing
+from ._settings import ErrorCallback, require_api_key
 
 # Settings, as in the original SDK (None for api_key and host: INTERAKT_API_KEY / INTERAKT_HOST,
 # then the Track API).
@@ -111,6 +112,8 @@ def _client() -> InteraktHandler:
     global default_client
     with _client_lock:
         if default_client is None:
+            if not capturing():  # testing.capture() needs no key
+                require_api_key(api_key)  # raises at the call, as the original SDK did
             default_client = InteraktHandler(
                 api_key=api_key, host=host, sync_mode=sync_mode, debug=debug, timeout=timeout,
                 max_retries=max_retries, max_queue_size=max_queue_size, on_error=on_error,

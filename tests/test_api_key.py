@@ -141,3 +141,79 @@ def test_debug_setting_shows_the_key_form(caplog: pytest.LogCaptureFixture) -> N
         library.setLevel(logging.NOTSET)
     assert "dashboard Secret Key form detected" in caplog.text
     _assert_no_secret(caplog.text)
+
+
+# -- no key at all: the app starts; what would be sent is reported -----------------------------
+
+
+@pytest.fixture
+def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INTERAKT_API_KEY", raising=False)
+
+
+@pytest.mark.parametrize("sync_mode", [False, True], ids=["background", "sync"])
+def test_without_a_key_the_handler_builds_warns_once_and_reports_each_payload(
+    no_key: None, sync_mode: bool, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], logger: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reported: List[tuple[Exception, object]] = []
+    with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+        handler = make_handler(sync_mode=sync_mode,
+                               on_error=lambda error, payload: reported.append((error, payload)))
+    (warning,) = [r for r in caplog.records if r.name == "interakt_logging"]
+    assert "INTERAKT_API_KEY" in warning.getMessage()
+    logger.addHandler(handler)
+    for user_id in ("1", "2", "3"):
+        logger.info("Order Placed", extra={"interakt_event": {"user_id": user_id}})  # no raise
+    logger.info("not tagged")
+    assert [type(e).__name__ for e, _ in reported] == ["ValidationError"] * 3
+    assert {e.field for e, _ in reported} == {"api_key"}  # type: ignore[attr-defined]
+    assert "INTERAKT_API_KEY" in str(reported[0][0])
+    assert [p["body"]["userId"] for _, p in reported] == ["1", "2", "3"]  # type: ignore[index]
+    assert handler.stats()["failed"] == 3 and handler.stats()["sent"] == 0
+    assert handler.flush(5)
+    assert server.requests == []
+
+
+def test_a_dict_config_without_a_key_loads(no_key: None) -> None:
+    """Django's LOGGING runs for every manage.py command (migrate, collectstatic, CI steps)."""
+    import logging.config
+
+    logging.config.dictConfig({
+        "version": 1, "disable_existing_loggers": False,
+        "handlers": {"interakt": {"()": "interakt_logging.InteraktHandler"}},
+        "loggers": {"tests.no_key.django": {"handlers": ["interakt"], "level": "INFO"}},
+    })
+    log = logging.getLogger("tests.no_key.django")
+    try:
+        log.info("Order Placed", extra={"interakt_event": {"user_id": "1"}})
+        (handler,) = log.handlers
+        assert isinstance(handler, InteraktHandler) and handler.stats()["failed"] == 1
+    finally:
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            handler.close()
+
+
+@pytest.mark.parametrize("bad", ["", "  \n", 42])
+def test_a_present_but_malformed_key_is_still_an_error_at_construction(
+    no_key: None, bad: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        InteraktHandler(api_key=bad)  # type: ignore[arg-type]
+    assert info.value.field == "api_key"
+    if isinstance(bad, str):
+        monkeypatch.setenv("INTERAKT_API_KEY", bad)
+        with pytest.raises(ValidationError, match="INTERAKT_API_KEY"):
+            InteraktHandler()
+
+
+def test_track_without_a_key_raises_at_the_call(no_key: None) -> None:
+    from interakt_logging import track
+
+    track.shutdown()
+    with pytest.raises(ValidationError, match="INTERAKT_API_KEY") as info:
+        track.event(user_id="1", event="Order Placed")
+    assert info.value.field == "api_key"
+    assert track.default_client is None

@@ -69,9 +69,13 @@ def test_no_key_needed_and_nothing_sent(shop: logging.Logger, no_key: None) -> N
     assert _pipeline.interceptors == []
 
 
-def test_without_capture_a_key_is_still_required(no_key: None) -> None:
-    with pytest.raises(ValidationError, match="INTERAKT_API_KEY"):
-        InteraktHandler()
+def test_without_capture_a_keyless_handler_refuses_what_it_would_send(
+    shop: logging.Logger, no_key: None
+) -> None:
+    errors: List[Exception] = []
+    shop.addHandler(InteraktHandler(on_error=lambda error, payload: errors.append(error)))
+    _log_both(shop)
+    assert [e.field for e in errors if isinstance(e, ValidationError)] == ["api_key"] * 2
 
 
 def test_sync_mode_is_captured_too(shop: logging.Logger, no_key: None) -> None:
