@@ -137,14 +137,6 @@ def test_allowed_hosts(host: str) -> None:
     InteraktHandler(host=host).close()
 
 
-def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("INTERAKT_API_KEY")
-    with pytest.raises(ValidationError) as info:
-        InteraktHandler()
-    assert info.value.field == "api_key" and "INTERAKT_API_KEY" in str(info.value)
-
-
-
 def test_a_mapping_that_cannot_be_read_is_a_validation_error(
     make_handler: Callable[..., InteraktHandler]
 ) -> None:
