@@ -12,18 +12,16 @@ import argparse
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
-import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 
 from ._errors import APIError, InteraktError, ValidationError
 from ._handler import InteraktHandler
+from ._outbox import OutboxCensus, census, purge
 from ._payload import EVENTS_PATH, USERS_PATH, Payload, build_payload, format_created
 from ._settings import API_KEY_ENV, HOST_ENV, require_api_key
 from ._version import __version__
@@ -43,6 +41,7 @@ _OPTION_FOR_FIELD = {
     "timeout": "--timeout",
     "max_retries": "--max-retries",
     "api_key": f"environment variable {API_KEY_ENV}",
+    "outbox": "PATH",
 }
 
 Command = Callable[[argparse.Namespace], int]
@@ -321,79 +320,40 @@ _OUTBOX_ACTIONS = {
 }
 
 
-@dataclass
-class _Census:
-    """What an outbox file holds, and whose it is: rows of running processes are theirs to
-    send; rows of ended ones wait for the next process that opens the file (or ``replay``)."""
-
-    users: int = 0
-    events: int = 0
-    size: int = 0
-    oldest: Optional[float] = None
-    left: int = 0
-    held: int = 0
-    running: List[int] = field(default_factory=list)
-
-    def describe(self, path: str) -> str:
-        total = self.users + self.events
-        lines = [f"Outbox {path}: {total} payload(s)"]
-        if total:
-            oldest = format_created(self.oldest or 0.0)
-            lines[0] += (f" ({self.users} user, {self.events} event calls), "
-                         f"{self.size / 1024:.1f} KiB, the oldest from {oldest}")
-        lines.append(f"  {self.left} left by ended processes (the next process that opens the "
-                     f"outbox delivers them, or `{PROG} outbox replay`)")
-        pids = ", ".join(str(pid) for pid in sorted(self.running)) or "none"
-        lines.append(f"  {self.held} held by running processes (pids: {pids})")
-        return "\n".join(lines)
+def describe_census(path: str, census: OutboxCensus) -> str:
+    """An outbox's census for people: what waits, whose it is, and what to do about it."""
+    lines = [f"Outbox {path}: {census.total} payload(s)"]
+    if census.total:
+        oldest = format_created(census.oldest) if census.oldest is not None else "unknown"
+        lines[0] += (f" ({census.users} user, {census.events} event calls), "
+                     f"{census.size / 1024:.1f} KiB, the oldest from {oldest}")
+    lines.append(f"  {census.left} left by ended processes (the next process that opens the "
+                 f"outbox delivers them, or `{PROG} outbox replay`)")
+    pids = ", ".join(str(pid) for pid in census.running) or "none"
+    lines.append(f"  {census.held} held by running processes (pids: {pids})")
+    if census.unusable:
+        lines.append(f"  {census.unusable} corrupt (a time, path or body that cannot be sent): "
+                     "reported and deleted when a process takes them")
+    return "\n".join(lines)
 
 
 def _outbox(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
-    census = _census(path)
-    print(census.describe(path))
+    before = census(path)
+    print(describe_census(path, before))
     if args.action == "stats":
         return 0
-    if not census.left:
+    if not before.left:
         print("Nothing was left by ended processes: nothing to do.")
         return 0
     if args.action == "replay":
         return _replay(path, args)
-    return _purge(path, census, args.yes)
-
-
-def _census(path: str) -> _Census:
-    from ._outbox import _gone_owners
-
-    if not os.path.isfile(path):
-        raise ValidationError("PATH", path, "an existing outbox file")
-    try:
-        db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
-        try:
-            rows = db.execute(
-                "SELECT owner, path, COUNT(*), SUM(size), MIN(created) FROM outbox"
-                " GROUP BY owner, path"
-            ).fetchall()
-            pids = dict(db.execute("SELECT owner, pid FROM owners").fetchall())
-            gone = {owner for owner, _ in _gone_owners(db, path + ".owners")}
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise ValidationError("PATH", path, f"an interakt-logging outbox file ({exc})") from None
-    census = _Census()
-    for owner, api_path, count, size, oldest in rows:
-        if api_path == USERS_PATH:
-            census.users += count
-        else:
-            census.events += count
-        census.size += size
-        census.oldest = oldest if census.oldest is None else min(census.oldest, oldest)
-        if owner in gone or owner not in pids:
-            census.left += count
-        else:
-            census.held += count
-    census.running = [pid for owner, pid in pids.items() if owner not in gone]
-    return census
+    if not args.yes:
+        print(f"Would delete the {before.left} payload(s) left by ended processes; "
+              "run again with --yes to delete them.")
+        return 0
+    print(f"Deleted {purge(path)} payload(s).")
+    return 0
 
 
 def _replay(path: str, args: argparse.Namespace) -> int:
@@ -415,31 +375,6 @@ def _replay(path: str, args: argparse.Namespace) -> int:
     print(f"Delivered {stats['sent']}, failed {stats['failed']} (retried {stats['retried']}).")
     for text, times in errors.items():
         print(f"  {times} x {text}")
-    after = _census(path)
-    print(after.describe(path))
+    after = census(path)
+    print(describe_census(path, after))
     return 0 if not stats["failed"] and not after.left else 1
-
-
-def _purge(path: str, census: _Census, yes: bool) -> int:
-    if not yes:
-        print(f"Would delete the {census.left} payload(s) left by ended processes; "
-              "run again with --yes to delete them.")
-        return 0
-    from ._outbox import _connect, _gone_owners, _remove, _transaction
-
-    deleted = 0
-    db = _connect(path)
-    try:
-        for owner, lock_path in _gone_owners(db, path + ".owners"):
-            with _transaction(db):
-                deleted += db.execute("DELETE FROM outbox WHERE owner = ?", (owner,)).rowcount
-                db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
-            _remove(lock_path)
-        with _transaction(db):  # rows of owners no longer registered at all
-            deleted += db.execute(
-                "DELETE FROM outbox WHERE owner NOT IN (SELECT owner FROM owners)"
-            ).rowcount
-    finally:
-        db.close()
-    print(f"Deleted {deleted} payload(s).")
-    return 0

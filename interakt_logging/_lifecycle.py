@@ -1,7 +1,9 @@
 """Process events every live pipeline must react to: interpreter exit and fork.
 
 One atexit hook and one ``os.register_at_fork`` callback serve all pipelines through a WeakSet,
-so creating handlers never piles up callbacks and a collected pipeline is simply skipped.
+so creating handlers never piles up callbacks and a collected pipeline is simply skipped. The
+fork hooks also suspend and hand over the open outbox files (``_outbox``'s fork functions), so
+this module is the one place where process events are handled.
 The atexit hook runs before ``logging.shutdown`` (registered earlier, so run later) while the
 daemon sender threads are still alive, and it never starts a thread (Python 3.12+ forbids that).
 """
@@ -14,6 +16,8 @@ import os
 import time
 import weakref
 from typing import TYPE_CHECKING
+
+from . import _outbox
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -44,10 +48,15 @@ def _drain_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    _outbox.after_fork_in_child()  # first: the parent's outboxes are set aside before rebuilding
     for pipeline in list(_pipelines):
         pipeline.after_fork()
 
 
 atexit.register(_drain_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_outbox.before_fork,
+        after_in_parent=_outbox.after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -17,6 +17,12 @@ Several processes may share one file (gunicorn or Celery workers). The rule:
 - Owners look for gone owners when they open the file and every ``ADOPT_INTERVAL`` seconds
   while running. A process whose outbox holds rows of gone owners starts its sender at once.
 
+Files: the database, its ``-wal``/``-shm`` files, the ``.owners`` directory and the lock files
+hold phone numbers, so they are created readable by their owner only (0600, the directory 0700)
+whatever the umask. ``check_outbox`` proves at construction that all of them can be made and
+written; a failure later (disk full, permissions changed) is reported with the payloads it
+concerns, and a row that cannot be stored or read back (an unusable time) fails alone.
+
 WAL mode lets the processes write without blocking each other's readers; ``synchronous=NORMAL``
 skips the fsync on each commit (a commit is in the OS page cache when it returns, which is all a
 killed process needs; only a power loss or kernel crash can undo the last commits). The file must
@@ -26,22 +32,30 @@ Fork: an SQLite connection must not cross a fork, and the child's copy must not 
 (closing it could checkpoint and delete the WAL file under the parent). So the connection is
 closed just before a fork and reopened on next use in the parent; the child builds a new pipeline
 with a new owner, and keeps the parent's outbox objects referenced, unused, for its lifetime.
+``_lifecycle`` calls the fork functions at the bottom of this module.
+
+``census`` and ``purge`` are the command line's view of a file; the SQL lives here only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import sqlite3
 import time
+import urllib.parse
 import weakref
-from typing import IO, Iterator, List, Optional, Set, Tuple, cast
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, cast
+
+import orjson
 
 from ._backlog import FlushMarker, MemoryBacklog
-from ._errors import ValidationError
-from ._payload import Payload
+from ._errors import DeliveryError, ValidationError
+from ._payload import EVENTS_PATH, USERS_PATH, Payload
 from ._stats import Counters
 
 try:
@@ -56,6 +70,21 @@ logger = logging.getLogger("interakt_logging")
 ADOPT_INTERVAL = 30.0  # seconds between looks for rows of owners that are gone
 BUSY_TIMEOUT = 10.0  # seconds a statement waits for another process's write transaction
 ROW_OVERHEAD = 64  # bytes counted per row on top of path and body (id, owner, time, index)
+FILE_MODE = 0o600  # the database (SQLite gives -wal and -shm its mode) and the lock files
+DIR_MODE = 0o700  # the .owners directory
+
+# The times a row may hold: what createdAt can say with a four-digit year, in epoch seconds
+# (0001-01-01 to 9999-12-31T23:59:59Z). Anything else (NaN, inf, 1e20) is a corrupt row.
+EARLIEST_CREATED = -62135596800.0
+LATEST_CREATED = 253402300799.0
+_USABLE_ROW = (
+    "(typeof(created) IN ('integer', 'real') AND created BETWEEN ? AND ?"
+    " AND path IN (?, ?) AND typeof(body) = 'blob')"
+)
+_USABLE_ROW_ARGS = (EARLIEST_CREATED, LATEST_CREATED, USERS_PATH, EVENTS_PATH)
+
+# What the disk or SQLite may raise at any moment (full, read-only, locked, removed).
+_FAILURES = (sqlite3.Error, OSError)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL,"
@@ -73,24 +102,68 @@ _SCHEMA = (
 )
 _INSERT = "INSERT INTO outbox (owner, path, body, created, size) VALUES (?, ?, ?, ?, ?)"
 
+Reject = Callable[[Exception, Any], None]
+"""``Pipeline.reject``: counts and reports a payload that will not be sent."""
+
+
+def check_outbox(path: str) -> None:
+    """Raise ValidationError unless an outbox can be kept at ``path``: its directory exists, the
+    ``.owners`` directory and a lock file in it can be made and locked, and the database can be
+    opened and written. Run when the handler is built, so a misconfigured outbox fails there
+    rather than in a sender thread; it creates the files (private, see FILE_MODE)."""
+    if not HAVE_FCNTL:  # pragma: no cover - Windows
+        raise ValidationError(
+            "outbox", path, "a platform with POSIX file locks (fcntl: Linux, macOS)"
+        )
+    full = os.path.abspath(path)
+    if not os.path.isdir(os.path.dirname(full)):
+        raise ValidationError("outbox", path, "a file path in an existing directory")
+    owners_dir = full + ".owners"
+    step = f"make the directory {owners_dir}"
+    try:
+        _make_private_dir(owners_dir)
+        step = f"create and lock a file in {owners_dir}"
+        probe = os.path.join(owners_dir, f"probe-{secrets.token_hex(8)}.lock")
+        with _create_private(probe, os.O_RDWR) as lock:
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                _remove(probe)
+        step = f"open and write the database {full}"
+        db = _connect(full)
+        try:
+            with _transaction(db):
+                db.execute("UPDATE totals SET bytes = bytes")  # a real write, to prove we may
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        if not isinstance(exc, sqlite3.OperationalError):  # "file is not a database" and such
+            raise ValidationError(
+                "outbox", path, f"an interakt-logging outbox file, or a new path ({exc})"
+            ) from None
+        cause = str(exc)
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+    else:
+        return
+    raise ValidationError("outbox", path, f"a path where an outbox can be kept and written "
+                          f"(could not {step}: {cause})")
+
 
 class OutboxBacklog(MemoryBacklog):
     """The backlog on disk. ``max_bytes`` bounds the payload bytes the file holds (all owners
-    together); what does not fit is returned by ``put_batch`` and ``keep`` and reported."""
+    together); what does not fit is returned by ``put_batch`` and ``keep`` and reported. What
+    the disk refuses, and rows that cannot be stored or read back, go to ``reject``."""
 
-    def __init__(self, path: str, *, room: int, max_bytes: int, counters: Counters) -> None:
+    def __init__(
+        self, path: str, *, room: int, max_bytes: int, counters: Counters, reject: Reject
+    ) -> None:
         super().__init__(room)
-        if not HAVE_FCNTL:  # pragma: no cover - Windows
-            raise ValidationError(
-                "outbox", path, "a platform with POSIX file locks (fcntl: Linux, macOS)"
-            )
         self.path = os.path.abspath(path)
-        directory = os.path.dirname(self.path)
-        if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
-            raise ValidationError("outbox", path, "a file path in an existing, writable directory")
         self._owners_dir = self.path + ".owners"
         self._max_bytes = max_bytes
         self._counters = counters
+        self._reject = reject
         self._pid = os.getpid()
         self._db: Optional[sqlite3.Connection] = None
         self._owner: Optional[str] = None
@@ -100,14 +173,8 @@ class OutboxBacklog(MemoryBacklog):
         self._next_adoption = 0.0
         self._closed = False
         self._warned: Set[str] = set()
-        self._leftovers = False
-        if os.path.exists(self.path):
-            try:
-                self._leftovers = self._peek()
-            except sqlite3.Error as exc:
-                raise ValidationError(
-                    "outbox", path, f"an interakt-logging outbox file, or a new path ({exc})"
-                ) from None
+        self._failed: List[Tuple[Exception, Any]] = []  # found under the lock, reported after
+        self._leftovers = self._peek()
         _live.add(self)
 
     def __repr__(self) -> str:
@@ -127,41 +194,51 @@ class OutboxBacklog(MemoryBacklog):
         return True
 
     def put_batch(self, payloads: List[Payload]) -> List[Payload]:
-        """Write the batch in one transaction; the rows' ids become the payloads' seq."""
+        """Write the batch in one transaction; the rows' ids become the payloads' seq. When the
+        disk refuses the batch, its payloads are reported here, with the cause."""
         with self._lock:
             try:
                 kept, not_kept = self._write(payloads)
-            except sqlite3.Error as exc:
+            except _FAILURES as exc:
                 self._warn(exc)
-                return payloads
+                error = DeliveryError(
+                    f"could not write to the outbox {self.path} ({exc}); payload dropped",
+                    "outbox",
+                )
+                self._failed.extend((error, payload.message()) for payload in payloads)
+                kept, not_kept = [], []
             if kept and not self._stopping:
                 if self._unloaded() == len(kept) and len(self._waiting) < self._room:
                     self._waiting.extend(kept)  # nothing older on disk only: skip the reread
                     self._cursor = cast(int, kept[-1].outbox_id)
                 else:
-                    self._refill()
+                    self._refill_or_warn()
                 self._has_work.notify(len(kept))
-            return not_kept
+        self._report_failed()
+        return not_kept
 
     def add_marker(self, marker: FlushMarker) -> None:
         with self._lock:
             try:
                 self._conn()  # so the rows adopted at open count for this flush
-            except sqlite3.Error as exc:
+            except _FAILURES as exc:
                 self._warn(exc)
         super().add_marker(marker)
 
     def keep(self, payloads: List[Payload]) -> List[Payload]:
-        """At shutdown: write what is not on disk yet (still queued); return what did not fit."""
+        """At shutdown: write what is not on disk yet (still queued); return what did not fit
+        (or what the disk refused)."""
         fresh = [payload for payload in payloads if payload.outbox_id is None]
         if not fresh:
             return []
         with self._lock:
             try:
-                return self._write(fresh)[1]
-            except sqlite3.Error as exc:
+                not_kept = self._write(fresh)[1]
+            except _FAILURES as exc:
                 self._warn(exc)
-                return fresh
+                not_kept = fresh
+        self._report_failed()
+        return not_kept
 
     # -- the workers' side ----------------------------------------------------------------------
 
@@ -172,9 +249,11 @@ class OutboxBacklog(MemoryBacklog):
                     self._conn()
                     if time.monotonic() >= self._next_adoption:
                         self._adopt()
-                    self._refill()
-                except sqlite3.Error as exc:
+                except _FAILURES as exc:
                     self._warn(exc)
+                self._refill_or_warn()
+        if self._failed:
+            self._report_failed()
         return super().take(timeout)
 
     def finish(self, payload: Payload, delivered: bool) -> bool:
@@ -188,7 +267,7 @@ class OutboxBacklog(MemoryBacklog):
                         "DELETE FROM outbox WHERE id = ? AND owner = ?",
                         (payload.outbox_id, self._owner),
                     ).rowcount
-                except sqlite3.Error as exc:
+                except _FAILURES as exc:
                     self._warn(exc)
         return super().finish(payload, delivered)
 
@@ -209,7 +288,7 @@ class OutboxBacklog(MemoryBacklog):
                         "SELECT 1 FROM outbox WHERE owner = ? LIMIT 1", (self._owner,)
                     ).fetchone():
                         db.execute("DELETE FROM owners WHERE owner = ?", (self._owner,))
-                except sqlite3.Error as exc:
+                except _FAILURES as exc:
                     self._warn(exc)
                 finally:
                     db.close()
@@ -242,8 +321,8 @@ class OutboxBacklog(MemoryBacklog):
 
     def _register(self, db: sqlite3.Connection) -> None:
         token = secrets.token_hex(8)
-        os.makedirs(self._owners_dir, exist_ok=True)
-        lock = open(self._lock_path(token), "xb", buffering=0)  # noqa: SIM115 - held for life
+        _make_private_dir(self._owners_dir)
+        lock = _create_private(self._lock_path(token), os.O_WRONLY)  # held for life
         try:
             fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             lock.write(b"%d\n" % os.getpid())
@@ -258,7 +337,8 @@ class OutboxBacklog(MemoryBacklog):
         return os.path.join(self._owners_dir, owner + ".lock")
 
     def _write(self, payloads: List[Payload]) -> Tuple[List[Payload], List[Payload]]:
-        """Insert what fits under max_bytes in one transaction; returns (kept, not kept)."""
+        """Insert what fits under max_bytes in one transaction; returns (kept, not kept). A
+        payload whose row cannot be stored fails alone: it goes to ``_failed``."""
         db = self._conn()
         rows: List[Tuple[Payload, int]] = []
         not_kept: List[Payload] = []
@@ -269,10 +349,22 @@ class OutboxBacklog(MemoryBacklog):
                 if total + size > self._max_bytes:
                     not_kept.append(payload)
                     continue
+                unusable = _unusable(payload.path, payload.body, payload.created)
+                if unusable is not None:
+                    self._failed.append((unusable, _message(payload.path, payload.body,
+                                                            payload.created)))
+                    continue
+                try:
+                    cursor = db.execute(
+                        _INSERT, (self._owner, payload.path, payload.body, payload.created, size)
+                    )
+                except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError) as exc:
+                    # SQLite undid this statement only; the transaction goes on without it.
+                    error = DeliveryError(f"the outbox could not store this payload ({exc}); "
+                                          "payload dropped", "outbox")
+                    self._failed.append((error, payload.message()))
+                    continue
                 total += size
-                cursor = db.execute(
-                    _INSERT, (self._owner, payload.path, payload.body, payload.created, size)
-                )
                 rows.append((payload, cast(int, cursor.lastrowid)))
         for payload, row_id in rows:
             payload.seq = payload.outbox_id = row_id
@@ -286,8 +378,15 @@ class OutboxBacklog(MemoryBacklog):
         """Rows of this owner that are only on disk."""
         return self._rows - len(self._waiting) - len(self._in_flight)
 
+    def _refill_or_warn(self) -> None:
+        try:
+            self._refill()
+        except _FAILURES as exc:
+            self._warn(exc)
+
     def _refill(self) -> None:
-        """Top the in-memory window up from disk, oldest rows first."""
+        """Top the in-memory window up from disk, oldest rows first. A row that cannot be sent
+        (a corrupt time, path or body) is deleted and reported, never handed to a worker."""
         want = self._room - len(self._waiting)
         if want <= 0 or self._unloaded() <= 0:
             return
@@ -301,6 +400,13 @@ class OutboxBacklog(MemoryBacklog):
             self._cursor = row_id
             if row_id in in_memory:
                 continue
+            unusable = _unusable(path, body, created)
+            if unusable is not None:
+                self._rows -= self._conn().execute(
+                    "DELETE FROM outbox WHERE id = ?", (row_id,)
+                ).rowcount
+                self._failed.append((unusable, _message(path, body, created)))
+                continue
             payload = Payload(path, bytes(body), created)
             payload.seq = payload.outbox_id = row_id
             self._waiting.append(payload)
@@ -311,14 +417,7 @@ class OutboxBacklog(MemoryBacklog):
         """Claim the rows of every owner that is gone (each claim is one transaction)."""
         self._next_adoption = time.monotonic() + ADOPT_INTERVAL
         db = self._conn()
-        claimed = 0
-        for owner, lock_path in _gone_owners(db, self._owners_dir):
-            with _transaction(db):
-                claimed += db.execute(
-                    "UPDATE outbox SET owner = ? WHERE owner = ?", (self._owner, owner)
-                ).rowcount
-                db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
-            _remove(lock_path)
+        claimed = _settle_gone_owners(db, self._owners_dir, heir=self._owner)
         if not claimed:
             return
         (newest,) = db.execute(
@@ -342,20 +441,24 @@ class OutboxBacklog(MemoryBacklog):
             oldest: Optional[int] = self._conn().execute(
                 "SELECT MIN(id) FROM outbox WHERE owner = ?", (self._owner,)
             ).fetchone()[0]
-        except sqlite3.Error:
+        except _FAILURES:
             return 0  # unknown: hold the markers (shutdown releases them)
         return oldest
 
     def _peek(self) -> bool:
         """At construction: does the file hold rows of owners that are gone?"""
-        db = _connect(self.path)
         try:
-            for owner, _ in _gone_owners(db, self._owners_dir):
-                if db.execute("SELECT 1 FROM outbox WHERE owner = ? LIMIT 1", (owner,)).fetchone():
-                    return True
+            db = _connect(self.path)
+            try:
+                return any(
+                    db.execute("SELECT 1 FROM outbox WHERE owner = ? LIMIT 1", (owner,)).fetchone()
+                    for owner, _ in _gone_owners(db, self._owners_dir)
+                )
+            finally:
+                db.close()
+        except _FAILURES as exc:
+            self._warn(exc)
             return False
-        finally:
-            db.close()
 
     def _suspend(self) -> None:
         """Before a fork: close the connection (reopened on next use)."""
@@ -364,7 +467,15 @@ class OutboxBacklog(MemoryBacklog):
                 self._db.close()
             self._db = None
 
-    def _warn(self, exc: sqlite3.Error) -> None:
+    def _report_failed(self) -> None:
+        """Report what the last operation could not store or read back. Called without the
+        lock: on_error may call back into the handler (flush, close)."""
+        with self._lock:
+            failed, self._failed = self._failed, []
+        for error, reported in failed:
+            self._reject(error, reported)
+
+    def _warn(self, exc: Exception) -> None:
         message = str(exc)
         if message not in self._warned:
             self._warned.add(message)
@@ -374,7 +485,62 @@ class OutboxBacklog(MemoryBacklog):
             )
 
 
+def _unusable(path: Any, body: Any, created: Any) -> Optional[ValidationError]:
+    """Why a row with these values could not be sent, or None. The validation at the call
+    refuses such values already; the outbox does not trust its input nor its file."""
+    if path not in (USERS_PATH, EVENTS_PATH):
+        return ValidationError("path", path, f"{USERS_PATH!r} or {EVENTS_PATH!r}")
+    if not isinstance(body, bytes):
+        return ValidationError("body", body, "the JSON body as bytes")
+    if (
+        not isinstance(created, (int, float)) or isinstance(created, bool)
+        or not EARLIEST_CREATED <= created <= LATEST_CREATED
+    ):
+        return ValidationError(
+            "created_at", created, "epoch seconds from year 1 to 9999 (a finite number)"
+        )
+    return None
+
+
+def _message(path: Any, body: Any, created: Any) -> Dict[str, Any]:
+    """What on_error receives for a row that cannot be sent: ``{"path", "body"}`` as for any
+    payload (the body decoded when it can be), and the unusable time as ``created``."""
+    decoded: Any = body
+    with contextlib.suppress(Exception):
+        decoded = orjson.loads(body)
+    return {"path": path, "body": decoded, "created": created}
+
+
+# -- the file: creating it privately, connecting, transactions, owners -------------------------
+
+
+def _make_private_dir(path: str) -> None:
+    """Make ``path`` a directory (mode DIR_MODE whatever the umask) unless it is one already;
+    NotADirectoryError when something else is in the way."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+        return
+    os.chmod(path, DIR_MODE)  # the umask may have taken bits away; set exactly
+
+
+def _create_private(path: str, flags: int) -> IO[bytes]:
+    """Create ``path`` (it must not exist) with mode FILE_MODE whatever the umask, open."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return open(fd, "r+b" if flags & os.O_RDWR else "wb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _connect(path: str) -> sqlite3.Connection:
+    """Open (creating it private when missing) the outbox file, in WAL mode, with its schema."""
+    with contextlib.suppress(FileExistsError):
+        _create_private(path, os.O_WRONLY).close()  # SQLite gives -wal and -shm this mode
     db = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
     )
@@ -429,20 +595,117 @@ def _gone_owners(db: sqlite3.Connection, owners_dir: str) -> Iterator[Tuple[str,
             yield owner, lock_path
 
 
+def _settle_gone_owners(db: sqlite3.Connection, owners_dir: str, heir: Optional[str]) -> int:
+    """Settle the rows of every owner that is gone, one transaction per owner: hand them to
+    ``heir`` (adoption) or, without one, delete them (purge); then forget the owner. Rows whose
+    owner is not registered at all (its entry removed by hand) are settled the same way.
+    Returns how many rows were settled."""
+
+    def settle(where: str, args: Tuple[str, ...]) -> int:
+        if heir is None:
+            return db.execute(f"DELETE FROM outbox WHERE {where}", args).rowcount
+        return db.execute(f"UPDATE outbox SET owner = ? WHERE {where}", (heir, *args)).rowcount
+
+    settled = 0
+    for owner, lock_path in _gone_owners(db, owners_dir):
+        with _transaction(db):
+            settled += settle("owner = ?", (owner,))
+            db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+        _remove(lock_path)
+    with _transaction(db):
+        settled += settle("owner NOT IN (SELECT owner FROM owners)", ())
+    return settled
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
 
 
-# Fork handling. Every open outbox of this process is in _live; a fork waits until none is in
-# the middle of a statement (by taking their locks), closes their connections, and in the child
-# keeps the parent's objects referenced for good, so nothing ever closes them there.
+# -- the command line's view of a file -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxCensus:
+    """What an outbox file holds, and whose it is: rows of running processes are theirs to
+    send; rows of ended ones (``left``) wait for the next process that opens the file."""
+
+    users: int
+    events: int
+    size: int  # bytes, as counted against outbox_max_bytes
+    oldest: Optional[float]  # epoch seconds of the oldest payload that can be sent
+    left: int  # rows of processes that ended
+    held: int  # rows of running processes
+    running: Tuple[int, ...]  # pids of the running processes that have the file open
+    unusable: int  # corrupt rows (a time, path or body that cannot be sent): reported, dropped
+
+    @property
+    def total(self) -> int:
+        return self.users + self.events
+
+
+def census(path: str) -> OutboxCensus:
+    """Read what the outbox at ``path`` holds, without writing to it. ValidationError when
+    there is no outbox file there."""
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise ValidationError("outbox", path, "an existing outbox file")
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(full)}?mode=ro", uri=True)
+        try:
+            groups = db.execute(
+                f"SELECT owner, path = ?, COUNT(*), SUM(size),"
+                f" MIN(CASE WHEN {_USABLE_ROW} THEN created END), SUM(NOT {_USABLE_ROW})"
+                " FROM outbox GROUP BY owner, path = ?",
+                (USERS_PATH, *_USABLE_ROW_ARGS, *_USABLE_ROW_ARGS, USERS_PATH),
+            ).fetchall()
+            pids = dict(db.execute("SELECT owner, pid FROM owners").fetchall())
+            gone = {owner for owner, _ in _gone_owners(db, full + ".owners")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ValidationError("outbox", path, f"an interakt-logging outbox file ({exc})") from None
+    users = events = size = left = held = unusable = 0
+    oldest: Optional[float] = None
+    for owner, is_user, count, group_size, group_oldest, group_unusable in groups:
+        if is_user:
+            users += count
+        else:
+            events += count
+        size += group_size or 0
+        unusable += group_unusable or 0
+        if group_oldest is not None:
+            oldest = group_oldest if oldest is None else min(oldest, group_oldest)
+        if owner in gone or owner not in pids:
+            left += count
+        else:
+            held += count
+    running = tuple(sorted(pid for owner, pid in pids.items() if owner not in gone))
+    return OutboxCensus(users, events, size, oldest, left, held, running, unusable)
+
+
+def purge(path: str) -> int:
+    """Delete the rows that ended processes left in the outbox at ``path`` (a running
+    process's rows stay); returns how many were deleted."""
+    full = os.path.abspath(path)
+    db = _connect(full)
+    try:
+        return _settle_gone_owners(db, full + ".owners", heir=None)
+    finally:
+        db.close()
+
+
+# -- fork ------------------------------------------------------------------------------------------
+# ``_lifecycle`` calls these from its at-fork hooks. Every open outbox of this process is in
+# _live; a fork waits until none is in the middle of a statement (by taking their locks), closes
+# their connections, and in the child keeps the parent's objects referenced for good, so nothing
+# ever closes them there.
 _live: weakref.WeakSet[OutboxBacklog] = weakref.WeakSet()
 _forking: List[OutboxBacklog] = []
 _inherited: List[OutboxBacklog] = []
 
 
-def _before_fork() -> None:
+def before_fork() -> None:
     pid = os.getpid()
     for backlog in list(_live):
         if backlog._pid == pid:
@@ -451,20 +714,12 @@ def _before_fork() -> None:
             backlog._suspend()
 
 
-def _after_fork_in_parent() -> None:
+def after_fork_in_parent() -> None:
     for backlog in _forking:
         backlog._lock.release()
     _forking.clear()
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
     _inherited.extend(_forking)
-    _after_fork_in_parent()  # the child's copies of the locks, so a stray call cannot hang
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
+    after_fork_in_parent()  # the child's copies of the locks, so a stray call cannot hang

@@ -22,6 +22,7 @@ from ._delivery import Abandoned, Delivery
 from ._errors import DeliveryError, InteraktError, QueueFullError
 from ._flow import FlowControl
 from ._listener import PayloadListener, Workers
+from ._outbox import OutboxBacklog, check_outbox
 from ._payload import Payload, QueuedPayload
 from ._report import Reporter
 from ._settings import Settings
@@ -67,6 +68,8 @@ class Pipeline:
         self._state_lock = threading.Lock()
         self._closed = False
         self._exit_deadline: Optional[float] = None
+        if settings.outbox is not None:
+            check_outbox(settings.outbox)  # here, not in a forked child's rebuild or a thread
         self._build()
         _lifecycle.register(self)
         if settings.api_key is not None and self.backlog.has_leftovers():
@@ -102,13 +105,12 @@ class Pipeline:
 
     def _make_backlog(self) -> MemoryBacklog:
         if self.settings.outbox is not None:
-            from ._outbox import OutboxBacklog
-
             return OutboxBacklog(
                 self.settings.outbox,
                 room=self.settings.batch_size,
                 max_bytes=self.settings.outbox_max_bytes,
                 counters=self.counters,
+                reject=self.reject,
             )
         return MemoryBacklog(room=self.settings.batch_size)
 

@@ -1,0 +1,309 @@
+"""The outbox when the disk or its own file is against it: an unusable path refused when the
+handler is built, failures later reported with the payloads they concern (no thread dies,
+nothing escapes into the app), rows that cannot be stored or read back failing alone, and files
+private to their owner whatever the umask."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from interakt_logging import DeliveryError, InteraktHandler, ValidationError
+from interakt_logging._cli import main as cli_main
+from interakt_logging._outbox import OutboxBacklog, census
+from interakt_logging._payload import EVENTS_PATH, USERS_PATH, Payload
+from interakt_logging._stats import Counters
+from interakt_logging.testing import MockInteraktServer, Reply
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+
+
+def log_events(logger: logging.Logger, handler: InteraktHandler, count: int, prefix: str) -> None:
+    logger.addHandler(handler)
+    for i in range(count):
+        logger.info("Outbox Fault", extra={"interakt_event": {"user_id": f"{prefix}-{i}"}})
+    logger.removeHandler(handler)
+
+
+def sender_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("interakt-logging")}
+
+
+# -- an unusable outbox is refused when the handler is built ------------------------------------
+
+
+def test_a_file_in_the_way_of_the_owners_directory_is_refused_at_construction(
+    tmp_path: Path,
+) -> None:
+    # Before: accepted; the first batch raised FileExistsError in the listener, which died with
+    # its batch (5 payloads never reported, flush False), and close() raised into the app.
+    outbox = tmp_path / "outbox.sqlite3"
+    (tmp_path / "outbox.sqlite3.owners").write_text("not a directory")
+    with pytest.raises(ValidationError) as refused:
+        InteraktHandler(outbox=str(outbox), host="http://127.0.0.1:1")
+    assert refused.value.field == "outbox"
+    assert f"could not make the directory {outbox}.owners" in str(refused.value)
+    assert "Not a directory" in str(refused.value)
+
+
+def test_a_file_that_is_not_an_outbox_is_refused_at_construction(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    outbox.write_bytes(b"these are not the rows you are looking for" * 100)
+    with pytest.raises(ValidationError, match="an interakt-logging outbox file, or a new path"):
+        InteraktHandler(outbox=str(outbox), host="http://127.0.0.1:1")
+
+
+def test_a_path_in_a_missing_directory_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="a file path in an existing directory"):
+        InteraktHandler(outbox=str(tmp_path / "nowhere" / "outbox.sqlite3"))
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory outside pytest's private tmp tree, so another user can reach it."""
+    path = Path(tempfile.mkdtemp(prefix="interakt-outbox-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_an_owners_directory_this_user_cannot_write_is_refused_at_construction(
+    shared_dir: Path,
+) -> None:
+    # An app deployed as one user finds the .owners directory another user created. As root,
+    # the app runs as nobody; otherwise the directory is simply not writable for us.
+    owners = shared_dir / "outbox.sqlite3.owners"
+    owners.mkdir(mode=0o755)
+    owners.chmod(0o755)
+    user = None
+    if os.geteuid() == 0:
+        user = 65534  # nobody
+    else:
+        owners.chmod(0o555)
+    code = textwrap.dedent("""
+        import sys
+        from interakt_logging import InteraktHandler, ValidationError
+        try:
+            InteraktHandler(outbox=sys.argv[1], host="http://127.0.0.1:1")
+        except ValidationError as exc:
+            print(exc)
+        else:
+            print("accepted")
+    """)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(shared_dir / "outbox.sqlite3")], user=user,
+            capture_output=True, text=True, timeout=60, cwd=shared_dir,
+        )
+    except PermissionError:  # root, but this interpreter lives where nobody cannot run it
+        pytest.skip(f"{sys.executable} cannot be run by the user nobody")
+    assert done.returncode == 0, done.stderr
+    assert "could not create and lock a file in" in done.stdout, done.stdout
+    assert "Permission denied" in done.stdout
+
+
+# -- a failure later is reported with its payloads; no thread dies; nothing reaches the app --------
+
+
+def test_an_owners_directory_broken_after_construction_fails_only_the_payloads_it_concerns(
+    tmp_path: Path, server: MockInteraktServer, logger: logging.Logger,
+    make_handler: Callable[..., InteraktHandler],
+) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    errors: list[Exception] = []
+    handler = make_handler(outbox=str(outbox), on_error=lambda error, payload: errors.append(error))
+    shutil.rmtree(f"{outbox}.owners")  # the file is first used by the listener, now
+    Path(f"{outbox}.owners").write_text("in the way")
+
+    log_events(logger, handler, 5, "A")
+    assert handler.flush(10)
+    assert handler.stats()["failed"] == 5 and len(errors) == 5
+    assert all(isinstance(e, DeliveryError) and e.reason == "outbox" for e in errors)
+    assert "Not a directory" in str(errors[0])
+    assert len(sender_threads()) == 1 + handler.settings.workers  # listener and workers alive
+
+    os.unlink(f"{outbox}.owners")  # repaired: the outbox works again, nothing else to do
+    log_events(logger, handler, 5, "B")
+    assert handler.flush(10)
+    assert sorted(e["userId"] for e in server.events()) == [f"B-{i}" for i in range(5)]
+    handler.close()  # before: FileExistsError raised into the app here
+    assert handler.stats()["sent"] == 5 and len(errors) == 5
+
+
+DISK_FULL_CHILD = textwrap.dedent("""
+    import json, logging, resource, signal, sys, threading, time
+    from interakt_logging import InteraktHandler
+    reasons = []
+    handler = InteraktHandler(
+        host=sys.argv[2], outbox=sys.argv[1], max_retries=1000, shutdown_timeout=0.2,
+        on_error=lambda error, payload: reasons.append(getattr(error, "reason", repr(error))),
+    )
+    # The disk fills up after the handler was built: no file may grow past 512 KiB from now on
+    # (a write beyond it fails with EFBIG instead of raising SIGXFSZ).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, 512 * 1024))
+    log = logging.getLogger("disk-full")
+    log.propagate = False
+    log.addHandler(handler)
+    for i in range(600):
+        log.warning("Big", extra={"interakt_event": {"user_id": "1", "traits": {"pad": "x" * 2000}}})
+    deadline = time.monotonic() + 30
+    while True:  # no event says "stored or reported": poll, bounded
+        stats = handler.stats()
+        if stats["outboxed"] + stats["failed"] >= 600 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("interakt"))
+    print(json.dumps({"stats": stats, "reasons": sorted(set(reasons)), "failed": len(reasons),
+                      "threads": len(threads), "workers": handler.settings.workers}), flush=True)
+    handler.close()
+""")
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_later_fails_the_payloads_it_refuses_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    with MockInteraktServer(responder=lambda request: Reply(503)) as down:
+        done = subprocess.run(
+            [sys.executable, "-c", DISK_FULL_CHILD, str(tmp_path / "outbox.sqlite3"), down.url],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    stats = report["stats"]
+    assert 0 < stats["outboxed"] < 600 and stats["outboxed"] + stats["failed"] == 600, report
+    assert report["failed"] == stats["failed"] and report["reasons"] == ["outbox"]
+    assert report["threads"] == 1 + report["workers"], report  # the listener, every worker
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+# -- rows that cannot be stored or read back fail alone ------------------------------------------
+
+
+class Rejected:
+    """A backlog's ``reject``: records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Exception, Any]] = []
+
+    def __call__(self, error: Exception, reported: Any) -> None:
+        self.calls.append((error, reported))
+
+
+@pytest.mark.parametrize("created", [math.nan, math.inf, -math.inf, 1e20, 1732618359123.0])
+def test_a_payload_whose_row_cannot_be_written_fails_alone(tmp_path: Path, created: float) -> None:
+    # Before: NaN failed the NOT NULL column and the whole batch was reported "outbox full";
+    # inf was stored and poisoned every later process.
+    rejected = Rejected()
+    backlog = OutboxBacklog(str(tmp_path / "outbox.sqlite3"), room=10, max_bytes=1 << 20,
+                            counters=Counters(), reject=rejected)
+    batch = [Payload(EVENTS_PATH, b'{"n":%d}' % i, 1.0e9 + i) for i in range(5)]
+    batch[2].created = created
+    assert backlog.put_batch(batch) == []
+    [(error, reported)] = rejected.calls
+    assert isinstance(error, ValidationError) and error.field == "created_at"
+    assert reported["body"] == {"n": 2} and reported["path"] == EVENTS_PATH
+    assert [p.outbox_id is not None for p in batch] == [True, True, False, True, True]
+    assert len(backlog) == 4
+    backlog.close()
+
+
+@pytest.fixture
+def corrupt_outbox(tmp_path: Path) -> Path:
+    """An outbox left by an ended process: 6 rows, of which one has time inf, one a time that is
+    text, and one an unknown path."""
+    path = tmp_path / "outbox.sqlite3"
+    ended = OutboxBacklog(str(path), room=10, max_bytes=1 << 20, counters=Counters(),
+                          reject=Rejected())
+    ended.put_batch([Payload(EVENTS_PATH, b'{"userId":"u%d","event":"E"}' % i, 1.7e9 + i)
+                     for i in range(5)] + [Payload(USERS_PATH, b'{"userId":"u5"}', 1.7e9)])
+    ended.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE outbox SET created = 9e999 WHERE id = 2")  # inf
+        db.execute("UPDATE outbox SET created = 'yesterday' WHERE id = 3")
+        db.execute("UPDATE outbox SET path = '/v1/elsewhere/' WHERE id = 4")
+    db.close()
+    return path
+
+
+def test_outbox_stats_counts_corrupt_rows_instead_of_crashing(
+    corrupt_outbox: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: OverflowError out of `interakt-logging outbox stats` for the inf row.
+    found = census(str(corrupt_outbox))
+    assert (found.total, found.left, found.unusable) == (6, 6, 3)
+    assert found.oldest == 1.7e9
+    assert cli_main(["outbox", "stats", str(corrupt_outbox)]) == 0
+    out = capsys.readouterr().out
+    assert "6 payload(s)" in out and "the oldest from 2023-11-14T22:13:20.000Z" in out
+    assert "3 corrupt" in out
+
+
+def test_corrupt_rows_are_reported_and_dropped_and_the_rest_delivered(
+    corrupt_outbox: Path, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler],
+) -> None:
+    errors: list[tuple[Exception, Any]] = []
+    handler = make_handler(outbox=str(corrupt_outbox),
+                           on_error=lambda error, payload: errors.append((error, payload)))
+    assert handler.flush(10)  # leftovers start the sender at construction
+    assert sorted(e["userId"] for e in server.events()) == ["u0", "u4"]
+    assert [u["userId"] for u in server.users()] == ["u5"]
+    assert sorted(error.field for error, _ in errors) == ["created_at", "created_at", "path"]
+    assert {payload["body"]["userId"] for _, payload in errors} == {"u1", "u2", "u3"}
+    stats = handler.stats()
+    assert (stats["adopted"], stats["sent"], stats["failed"]) == (6, 3, 3)
+    handler.close()
+    assert census(str(corrupt_outbox)).total == 0  # nothing left to poison the next restart
+
+
+# -- private files whatever the umask ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_outbox_files_are_private_whatever_the_umask(
+    tmp_path: Path, logger: logging.Logger, umask: int,
+) -> None:
+    # Before: the database, -wal, -shm and lock files were 0644 and .owners 0755 under umask 022
+    # (0666 / 0777 under umask 0): anyone on the machine could read the phone numbers inside.
+    outbox = tmp_path / "outbox.sqlite3"
+    previous = os.umask(umask)
+    try:
+        with MockInteraktServer(responder=lambda request: Reply(503)) as down:
+            handler = InteraktHandler(outbox=str(outbox), host=down.url, max_retries=100,
+                                      shutdown_timeout=0.1)
+            log_events(logger, handler, 3, "P")
+            wait_until(lambda: handler.stats()["outboxed"] == 3, lambda: str(handler.stats()))
+            modes = {
+                str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+                for path in tmp_path.rglob("*")
+            }
+            handler.close()
+    finally:
+        os.umask(previous)
+    assert {name for name in modes if "/" not in name} == {
+        "outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm", "outbox.sqlite3.owners",
+    }
+    locks = [name for name in modes if name.startswith("outbox.sqlite3.owners/")]
+    assert len(locks) == 1 and locks[0].endswith(".lock")
+    assert modes == {name: 0o700 if name.endswith(".owners") else 0o600 for name in modes}
