@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 
@@ -57,8 +58,48 @@ class DeliveryError(InteraktError):
         super().__init__(message)
 
 
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's bounded repr (a few items, a few levels, long strings cut) that also shows an
+    int too large to print (``sys.set_int_max_str_digits``) by its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = 60
+        self.maxother = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        bits = int.bit_length(x)
+        if bits > 128:
+            return f"<an int of {bits} bits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _BoundedRepr()
+
+
 def _short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    """``value`` for an error message, in bounded time and space; never raises, whatever its
+    ``__repr__`` does (a ValidationError must be able to describe any input)."""
+    try:
+        text = str.__str__(_REPR.repr(value))  # an exact str, even from a hostile __repr__
+    except Exception:
+        text = "<a value whose repr() raised>"
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f"{text} ({type(value).__name__})"
+    try:
+        kind = str.__str__(type(value).__name__)
+    except Exception:  # a metaclass with a hostile __name__
+        kind = "?"
+    return f"{text} ({kind})"
+
+
+def _raised(exc: BaseException) -> str:
+    """``reading it raised RuntimeError: boom``, for an exception whose str() may raise too."""
+    try:
+        detail = str.__str__(str(exc))
+    except Exception:
+        detail = ""
+    if len(detail) > 80:
+        detail = detail[:77] + "..."
+    return f"reading it raised {type(exc).__name__}" + (f": {detail}" if detail else "")
