@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ._errors import InteraktError, ValidationError
+from ._errors import InteraktError, ValidationError, _raised
 from ._payload import (
     EVENT_TAG,
     EVENTS_PATH,
@@ -156,7 +156,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         default_event = None
         if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
             msg = record.msg  # a str without args is its own message: skip getMessage()
-            default_event = msg if type(msg) is str and not record.args else record.getMessage()
+            default_event = msg if type(msg) is str and not record.args else _message(record)
         return payload_from_tag(path, tag, default_event, record.created)
 
     def enqueue(self, payload: QueuedPayload) -> None:  # type: ignore[override]
@@ -241,3 +241,15 @@ def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
             )
         return EVENTS_PATH, d[EVENT_TAG]
     return USERS_PATH, d[USER_TAG]
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, the event's default name; a message that cannot be formatted (a
+    ``%d`` given a str, a ``__str__`` that raises) is bad input like any other."""
+    try:
+        return record.getMessage()
+    except Exception as exc:
+        raise ValidationError(
+            "event", record.msg,
+            f"an event name, or a log message that can be formatted ({_raised(exc)})",
+        ) from None

@@ -34,7 +34,8 @@ class InteraktProcessor:
     phone numbers and traits into log files, unless ``keep=True``. Never raises: bad input goes
     to the handler's ``on_error`` and one warning, like a bad log record. Which events reach the
     processor is structlog's business (a filtering bound logger, say); the handler's level and
-    filters apply to log records only.
+    filters apply to log records only. Anything but a mapping (the processor placed after a
+    renderer) passes through untouched.
     """
 
     __slots__ = ("handler", "keep")
@@ -47,6 +48,8 @@ class InteraktProcessor:
         return f"InteraktProcessor({self.handler!r}, keep={self.keep})"
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        if type(event_dict) is not dict and not isinstance(event_dict, MutableMapping):
+            return event_dict  # placed after a renderer: a str or bytes is not ours to read
         if EVENT_TAG not in event_dict and USER_TAG not in event_dict:
             return event_dict
         try:
