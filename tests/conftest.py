@@ -25,6 +25,23 @@ def _api_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INTERAKT_API_KEY", API_KEY)
 
 
+@pytest.fixture(autouse=True)
+def _processes_only_in_slow_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pytest -m "not slow"`` stays a fast loop: a test that starts a process (subprocess,
+    fork, multiprocessing) fails at once unless it is marked ``@pytest.mark.slow``."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        pytest.fail(f"{request.node.nodeid} starts a process: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    if hasattr(os, "fork"):
+        monkeypatch.setattr(os, "fork", refuse)
+
+
 @pytest.fixture
 def server() -> Iterator[MockInteraktServer]:
     with MockInteraktServer() as srv:

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the benchmark in a process
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 
 

@@ -17,6 +17,8 @@ from interakt_logging.testing import MockInteraktServer, Reply
 
 from .conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # every test runs the command line in a process
+
 COMMANDS: List[List[str]] = [
     [], ["demo"], ["send-user"], ["send-event"], ["mock-server"],
     ["outbox"], ["outbox", "stats"], ["outbox", "replay"], ["outbox", "purge"],

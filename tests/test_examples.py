@@ -20,6 +20,8 @@ import pytest
 
 from interakt_logging.testing import MockInteraktServer
 
+pytestmark = pytest.mark.slow  # every example runs in a process
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 # what each example sends: (path kind, event name or the user's id / phone number)

@@ -13,7 +13,7 @@ import pytest
 from interakt_logging import APIError, InteraktHandler, QueueFullError
 from interakt_logging.testing import MockInteraktServer, Reply
 
-from .conftest import API_KEY, log_from_threads
+from .conftest import API_KEY
 
 
 def event(user_id: Any, **traits: Any) -> dict[str, Any]:
@@ -173,19 +173,6 @@ def test_block_on_full_waits_instead_of_dropping(
     assert handler.flush(30)
     assert handler.stats()["dropped"] == 0
     assert len(server.delivered) == 300
-
-
-def test_many_threads_nothing_lost_or_duplicated(
-    server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
-) -> None:
-    handler = make_handler(max_queue_size=20000)
-    logged = log_from_threads(handler, threads=8, per_thread=2500)
-    assert handler.flush(60)
-    ids = [r.body["userId"] for r in server.delivered]
-    assert sorted(ids) == sorted(logged)
-    stats = handler.stats()
-    assert stats["sent"] == stats["enqueued"] == 20000
-    assert stats["dropped"] == stats["failed"] == 0
 
 
 def test_stats_fields(make_handler: Callable[..., InteraktHandler]) -> None:

@@ -21,6 +21,8 @@ from interakt_logging.testing import MockInteraktServer
 
 from .conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # each configuration runs in a fresh interpreter
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASIC = "Basic " + base64.b64encode(f"{API_KEY}:".encode()).decode()
 

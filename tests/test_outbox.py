@@ -181,6 +181,7 @@ def stuck_with_rows(start: Callable[..., Child], down: MockInteraktServer, outbo
     return child
 
 
+@pytest.mark.slow
 def test_a_killed_process_leaves_its_rows_and_the_next_delivers_each_once_oldest_first(
     tmp_path: Path, children: Callable[..., Child], down: MockInteraktServer,
 ) -> None:
@@ -198,6 +199,7 @@ def test_a_killed_process_leaves_its_rows_and_the_next_delivers_each_once_oldest
     assert query(outbox, "SELECT * FROM owners") == []
 
 
+@pytest.mark.slow
 def test_exit_during_an_outage_keeps_the_leftovers_for_the_next_process(
     tmp_path: Path, children: Callable[..., Child], down: MockInteraktServer,
 ) -> None:
@@ -267,6 +269,7 @@ def test_a_flush_counts_rows_that_are_only_on_disk(tmp_path: Path) -> None:
     assert rows(Path(path)) == 0
 
 
+@pytest.mark.slow
 def test_processes_sharing_an_outbox_keep_their_own_rows_until_one_dies(
     tmp_path: Path, children: Callable[..., Child], down: MockInteraktServer,
 ) -> None:
@@ -325,6 +328,7 @@ def run_forking(script: str, **config: Any) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.mark.slow
 def test_a_forked_child_uses_the_same_outbox_and_the_parent_is_unaffected(
     tmp_path: Path, server: MockInteraktServer,
 ) -> None:
@@ -355,6 +359,7 @@ def test_a_forked_child_uses_the_same_outbox_and_the_parent_is_unaffected(
     assert query(outbox, "PRAGMA integrity_check") == [("ok",)]
 
 
+@pytest.mark.slow
 def test_a_parent_closing_its_outbox_does_not_pull_the_file_from_under_its_forked_child(
     tmp_path: Path, down: MockInteraktServer,
 ) -> None:

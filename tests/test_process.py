@@ -17,6 +17,8 @@ from interakt_logging.testing import MockInteraktServer
 
 from .conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # exits, forks and signals in real processes
+
 
 def _interpreters() -> list[str]:
     """This interpreter, plus any listed in INTERAKT_TEST_PYTHONS (os.pathsep-separated), e.g.

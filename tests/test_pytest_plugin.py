@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs pytest in a process
+
 pytest_plugins = ["pytester"]
 
 

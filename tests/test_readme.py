@@ -82,6 +82,7 @@ def test_inventory() -> None:
         assert block.marker is None or block.reason, f"{block.id}: a marker needs a reason"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
 def test_block_runs(block: Block, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERAKT_")}

@@ -117,6 +117,7 @@ def random_faults(seed: int, error_rate: float, rate_limited: float) -> Callable
     return respond
 
 
+@pytest.mark.slow
 def test_faults_over_1000_events_all_delivered_once(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -133,6 +134,7 @@ def test_faults_over_1000_events_all_delivered_once(
     assert handler.stats()["failed"] == 0
 
 
+@pytest.mark.slow
 def test_a_429_pauses_every_worker_until_retry_after(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -181,6 +183,7 @@ def _refused_then_accepted(
     return refused, accepted
 
 
+@pytest.mark.slow
 def test_retry_after_2_with_max_retries_1_arrives_about_2s_later(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -188,6 +191,7 @@ def test_retry_after_2_with_max_retries_1_arrives_about_2s_later(
     assert 1.9 <= accepted.received_at - refused.received_at < 10
 
 
+@pytest.mark.slow
 def test_retry_after_as_http_date(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -200,6 +204,7 @@ def test_retry_after_as_http_date(
     assert accepted.received_at >= resume_at - 0.1
 
 
+@pytest.mark.slow
 def test_client_side_rate_limit(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -212,6 +217,7 @@ def test_client_side_rate_limit(
     assert times[-1] - times[0] >= 1.3  # 30 tokens beyond the first at 20/s: at least 1.5 s
 
 
+@pytest.mark.slow
 def test_outage_of_6_seconds_with_default_settings(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -233,6 +239,7 @@ def test_outage_of_6_seconds_with_default_settings(
     assert len(failed_requests) < 60, "the breaker probes instead of burning retries"
 
 
+@pytest.mark.slow
 def test_many_threads_with_faults_nothing_lost_or_duplicated(
     server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -242,9 +249,12 @@ def test_many_threads_with_faults_nothing_lost_or_duplicated(
     assert handler.flush(120)
     ids = [r.body["userId"] for r in server.delivered]
     assert sorted(ids) == sorted(logged)
-    assert handler.stats()["failed"] == handler.stats()["dropped"] == 0
+    stats = handler.stats()
+    assert stats["sent"] == stats["enqueued"] == 20000
+    assert stats["failed"] == stats["dropped"] == 0
 
 
+@pytest.mark.slow
 def test_close_returns_within_its_deadline_when_the_server_never_answers(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -262,6 +272,7 @@ def test_close_returns_within_its_deadline_when_the_server_never_answers(
     assert handler.stats()["failed"] == 20
 
 
+@pytest.mark.slow
 def test_dict_config_reconfiguration_does_not_hang(
     server: MockInteraktServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,6 +23,7 @@ structlog = pytest.importorskip("structlog")
 ORDER = {"user_id": "42", "traits": {"orderNumber": "CUS001", "total": 99.5}}
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_structlog() -> None:
     result = run_python("""
         import sys
