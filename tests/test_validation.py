@@ -467,6 +467,7 @@ def test_datetimes_are_written_as_orjson_wrote_them(value: Any) -> None:
     assert body == b'{"event":"E","traits":{"t":' + native + b'},"userId":"1"}'
 
 
+@pytest.mark.slow
 def test_a_datetime_with_a_broken_tzinfo_does_not_crash_the_process() -> None:
     """Found while writing these tests: orjson 3.13 segfaults on a datetime whose tzinfo's
     utcoffset raises, so a trait like this one killed the application (in a subprocess,
