@@ -1,7 +1,8 @@
 """The backlog: payloads the listener has drained and the workers have not finished.
 
 It tracks both the payloads waiting for a worker and those in flight, so it can answer "is
-everything up to sequence number N finished?", which is what ``flush`` waits for. The in-memory
+everything up to sequence number N finished?", which is what ``flush`` waits for, and it tallies
+how the payloads between two flushes ended, which is what ``flush`` returns. The in-memory
 backlog here is the default; the outbox backlog keeps the same contract on disk.
 """
 
@@ -11,20 +12,51 @@ import collections
 import heapq
 import threading
 import time
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from dataclasses import dataclass
+from typing import Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ._payload import Payload
 
 
+@dataclass(frozen=True)
+class FlushResult:
+    """What ``flush()`` found: of the payloads queued since the previous flush (up to this one),
+    how many were ``delivered`` and how many ``failed`` (refused, out of retries, or reported at
+    shutdown); ``pending`` counts what was queued before the call and had not finished when it
+    returned (0 unless it timed out). True only when nothing failed and nothing is pending."""
+
+    delivered: int = 0
+    failed: int = 0
+    pending: int = 0
+
+    def __bool__(self) -> bool:
+        return self.failed == 0 and self.pending == 0
+
+
 class FlushMarker:
-    """Put on the queue by ``flush``; set once everything queued before it is finished."""
+    """Put on the queue by ``flush`` and ``close``; ``done`` is set once everything queued
+    before it is finished. It tallies the outcomes of the payloads queued between the previous
+    marker and itself: ``seq`` is the last of them."""
 
-    __slots__ = ("done", "finished", "seq")
+    __slots__ = ("ahead", "delivered", "done", "failed", "finished", "pending", "placed", "seq")
 
-    def __init__(self) -> None:
+    def __init__(self, ahead: int = 0) -> None:
         self.done = threading.Event()
         self.finished = False  # False when released by shutdown rather than by progress
+        self.placed = False  # the listener has reached it: ``seq`` is known
         self.seq = 0
+        self.ahead = ahead  # queue items before it when it was queued (for ``pending``)
+        self.delivered = 0
+        self.failed = 0
+        self.pending = 0  # unfinished when shutdown released it
+
+
+class Unfinished(NamedTuple):
+    """What ``stop`` took back: payloads no worker was sending (never taken, or waiting for a
+    retry) and payloads whose request was out, so the API may have recorded them."""
+
+    waiting: List[Payload]
+    sending: List[Payload]
 
 
 class MemoryBacklog:
@@ -46,6 +78,10 @@ class MemoryBacklog:
         self._markers: List[FlushMarker] = []
         self._last_seq = 0
         self._stopping = False
+        self._finished = 0  # payloads finished so far: how a drain sees progress
+        self._taken_back = 0  # unfinished payloads stop() took back
+        # outcomes of payloads queued after the last placed marker: (delivered, failed)
+        self._tally = [0, 0]
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -54,9 +90,17 @@ class MemoryBacklog:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def finished_count(self) -> int:
+        """Payloads delivered or failed for good so far; a drain watches it for progress."""
+        return self._finished
+
     def put_batch(self, payloads: List[Payload]) -> List[Payload]:
-        """Take over a drained batch; returns the payloads that could not be kept (none here)."""
+        """Take over a drained batch; returns the payloads that could not be kept (all of them
+        once stopped: shutdown has already taken stock, so the caller must report them)."""
         with self._lock:
+            if self._stopping:
+                return payloads
             for payload in payloads:
                 self._last_seq += 1
                 payload.seq = self._last_seq
@@ -118,9 +162,31 @@ class MemoryBacklog:
         with self._lock:
             self._settling.discard(id(payload))
             tracked = self._in_flight.pop(id(payload), None) is not None
+            if tracked:
+                self._finished += 1
+                self._count(payload.seq, delivered)
             if self._markers:
                 self._release_markers()
             return tracked
+
+    def count_failed(self, count: int) -> None:
+        """``count`` payloads the listener drained could not be kept (and were reported): they
+        belong to the next flush's tally, as they were queued before its marker."""
+        with self._lock:
+            self._tally[1] += count
+
+    def _count(self, seq: int, delivered: bool) -> None:
+        """Add an outcome to the tally of the first marker at or after ``seq``, else to the
+        tally of the payloads no marker covers yet."""
+        tally = self._tally
+        for marker in self._markers:
+            if marker.seq >= seq:
+                if delivered:
+                    marker.delivered += 1
+                else:
+                    marker.failed += 1
+                return
+        tally[0 if delivered else 1] += 1
 
     def has_leftovers(self) -> bool:
         """True when processes that ended left payloads for this one to deliver (an outbox)."""
@@ -132,10 +198,44 @@ class MemoryBacklog:
         return payloads
 
     def add_marker(self, marker: FlushMarker) -> None:
+        """The listener reached ``marker``: it covers everything drained so far, and takes over
+        the outcomes tallied since the previous marker."""
         with self._lock:
             marker.seq = self._last_seq
+            marker.placed = True
+            marker.delivered, marker.failed = self._tally
+            self._tally = [0, 0]
+            if self._stopping:
+                self.release_unplaced(marker, 0)
+                return
             self._markers.append(marker)
             self._release_markers()
+
+    def result(self, marker: FlushMarker, queued: int) -> FlushResult:
+        """What ``flush`` returns for ``marker``; ``queued`` is how many items the queue holds
+        now (the payloads still ahead of an unplaced marker are among them)."""
+        with self._lock:
+            if marker.finished:
+                return FlushResult(marker.delivered, marker.failed)
+            if marker.done.is_set():  # released by shutdown
+                return FlushResult(marker.delivered, marker.failed, marker.pending)
+            if marker.placed:
+                return FlushResult(
+                    marker.delivered, marker.failed, self._unfinished_upto(marker.seq)
+                )
+            ahead = min(marker.ahead, queued)
+            return FlushResult(
+                self._tally[0], self._tally[1], self._unfinished_upto(None) + ahead
+            )
+
+    def _unfinished_upto(self, seq: Optional[int]) -> int:
+        """Unfinished payloads with a seq up to ``seq`` (all when None), rows only on disk
+        included (an outbox holds more than it has in memory: ``len`` counts them)."""
+        unfinished = [*self._waiting, *self._in_flight.values()]
+        on_disk_only = max(0, len(self) - len(self._waiting))
+        if seq is None:
+            return len(unfinished) + on_disk_only
+        return sum(1 for payload in unfinished if payload.seq <= seq) + on_disk_only
 
     def _release_markers(self) -> None:
         oldest = self._oldest_seq()
@@ -155,22 +255,46 @@ class MemoryBacklog:
                 oldest = payload.seq
         return oldest
 
-    def stop(self) -> List[Payload]:
-        """Stop handing out payloads; return every unfinished one (waiting and in flight)."""
+    def stop_taking(self) -> None:
+        """Hand out no more payloads; those in flight may still finish normally."""
         with self._lock:
             self._stopping = True
+            self._has_work.notify_all()
+            self._has_room.notify_all()
+
+    def stop(self) -> Unfinished:
+        """Stop handing out payloads and take back every unfinished one, except those whose
+        outcome a worker is already counting (it finishes them). Releases every marker, unfinished.
+        What is returned is the caller's to keep or report; a later ``finish`` of one of them
+        returns False, so it is never counted twice."""
+        with self._lock:
+            self._stopping = True
+            retrying = {id(entry[2]) for entry in self._retries}
             settling = {key: self._in_flight[key] for key in self._settling}
-            left = [p for key, p in self._in_flight.items() if key not in settling]
-            left += self._waiting
+            waiting = list(self._waiting)
+            sending: List[Payload] = []
+            for key, payload in self._in_flight.items():
+                if key in settling:
+                    continue
+                (waiting if key in retrying else sending).append(payload)
             self._waiting.clear()
             self._in_flight = settling  # their workers count, report and finish them
             self._retries.clear()
             self._has_work.notify_all()
             self._has_room.notify_all()
+            left = [*waiting, *sending]
+            self._taken_back = len(left)
             for marker in self._markers:
+                marker.pending = sum(1 for payload in left if payload.seq <= marker.seq)
                 marker.done.set()
             self._markers = []
-            return left
+            return Unfinished(waiting, sending)
+
+    def release_unplaced(self, marker: FlushMarker, ahead: int) -> None:
+        """After ``stop``: release a marker the listener never placed, with ``ahead`` payloads
+        that were before it in the queue; what ``stop`` took back was before it too."""
+        marker.pending = self._taken_back + ahead
+        marker.done.set()
 
     def close(self) -> None:
         """Release resources once the pipeline is closed (nothing for memory)."""
