@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from ._backlog import FlushResult
 from ._errors import InteraktError, ValidationError, _raised
 from ._payload import (
     EVENT_TAG,
@@ -198,13 +199,17 @@ class InteraktHandler(logging.handlers.QueueHandler):
 
     # -- life cycle -------------------------------------------------------------------------------
 
-    def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
-        """Wait until everything queued before the call is delivered or failed (default bound:
-        ``shutdown_timeout``). True when it all finished in time."""
+    def flush(self, timeout: Optional[float] = None) -> FlushResult:  # type: ignore[override]
+        """Wait until everything queued before the call is delivered or failed, at most
+        ``timeout`` seconds (default ``shutdown_timeout``). The result counts what was queued
+        since the previous flush (``delivered``, ``failed``, ``pending``) and is true only when
+        all of it was delivered."""
         return self.pipeline.flush(timeout)
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Flush (bounded by ``timeout``, default ``shutdown_timeout``) and stop. Idempotent."""
+        """Deliver what is queued and stop; report (or keep in the outbox) what is left.
+        ``timeout`` is a hard bound; without it, the close goes on while payloads are being
+        delivered and gives up after ``shutdown_timeout`` without any. Idempotent."""
         try:
             self.pipeline.close(timeout)
         finally:

@@ -1,4 +1,4 @@
-"""Process events every live pipeline must react to: interpreter exit and fork.
+"""Process events every live pipeline must react to, and the drain that ends pipelines.
 
 One atexit hook and one ``os.register_at_fork`` callback serve all pipelines through a WeakSet,
 so creating handlers never piles up callbacks and a collected pipeline is simply skipped. The
@@ -6,6 +6,11 @@ fork hooks also suspend and hand over the open outbox files (``_outbox``'s fork 
 this module is the one place where process events are handled.
 The atexit hook runs before ``logging.shutdown`` (registered earlier, so run later) while the
 daemon sender threads are still alive, and it never starts a thread (Python 3.12+ forbids that).
+
+``drain`` is the one way a pipeline ends, for ``close()``, the exit hook and a SIGTERM handler
+(``drain_all``): it waits while payloads are being delivered, gives up after a pipeline's
+``shutdown_timeout`` without any (or at an explicit deadline), and then keeps in the outbox or
+reports what is left. Ctrl-C stops it and reports the rest.
 """
 
 from __future__ import annotations
@@ -13,38 +18,216 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
+import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import IO, List, Optional, Protocol
 
 from . import _outbox
+from ._backlog import FlushMarker
+from ._settings import Settings
 
-if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+logger = logging.getLogger("interakt_logging")
 
-_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_POLL = 0.1  # seconds between looks at the pipelines being drained
+PROGRESS_AFTER = 1.0  # a drain that lasts longer than this says so on stderr
+PROGRESS_EVERY_TTY = 0.25  # how often the line is redrawn on a terminal
+PROGRESS_EVERY_LINES = 5.0  # how often a new line is written elsewhere (a log file)
 
 
-def register(pipeline: Pipeline) -> None:
+@dataclass(frozen=True)
+class Undelivered:
+    """What a drain could not deliver: ``lost`` (reported to on_error) and ``kept`` (left in
+    the outbox for a later process)."""
+
+    lost: int = 0
+    kept: int = 0
+
+    @property
+    def undelivered(self) -> int:
+        return self.lost + self.kept
+
+    def __add__(self, other: Undelivered) -> Undelivered:
+        return Undelivered(self.lost + other.lost, self.kept + other.kept)
+
+
+class Drainable(Protocol):
+    """What the drain and the fork hook need of a pipeline."""
+
+    settings: Settings
+
+    @property
+    def finished_count(self) -> int: ...
+
+    def pending(self) -> int: ...
+
+    def begin_close(self) -> Optional[FlushMarker]: ...
+
+    def end_close(self, why: str, grace: float) -> Undelivered: ...
+
+    def after_fork(self) -> None: ...
+
+
+_pipelines: weakref.WeakSet[Drainable] = weakref.WeakSet()
+
+ANSWER_GRACE = 0.2  # seconds requests already out get to answer once a drain gives up
+
+
+def register(pipeline: Drainable) -> None:
     _pipelines.add(pipeline)
 
 
-def unregister(pipeline: Pipeline) -> None:
+def unregister(pipeline: Drainable) -> None:
     _pipelines.discard(pipeline)
 
 
-def _drain_at_exit() -> None:
-    """Deliver what is queued, each pipeline bounded by its shutdown_timeout, all in parallel
-    in the sense that one shared deadline covers them."""
-    pipelines = list(_pipelines)
-    if not pipelines:
-        return
-    deadline = time.monotonic() + max(p.settings.shutdown_timeout for p in pipelines)
-    for pipeline in pipelines:
+def drain_all(reason: str = "exit") -> Undelivered:
+    """Deliver what every live pipeline has queued, then end them: the exit hook, and what a
+    SIGTERM handler calls before the process goes. Shows a progress line on stderr when it lasts
+    over a second (``reason`` completes "delivering N queued payloads before ..."); Ctrl-C
+    stops it and reports the rest. Idempotent and re-entrant: a second call, even from a signal
+    handler in the middle of the first, resumes where the first stands and never reports a
+    payload twice. Never raises."""
+    try:
+        return drain(list(_pipelines), progress=ProgressLine(reason))
+    except KeyboardInterrupt:
+        return Undelivered()  # drain has reported the rest and warned
+    except Exception:  # pragma: no cover - a bug must not escape into the exit
+        logger.exception("interakt-logging: the exit drain failed")
+        return Undelivered()
+
+
+def drain(
+    pipelines: List[Drainable],
+    *,
+    deadline: Optional[float] = None,
+    progress: Optional[ProgressLine] = None,
+) -> Undelivered:
+    """Wait until everything the pipelines have queued is finished, then end them. Each one
+    is given up ``shutdown_timeout`` seconds after its last finished payload (an API that is
+    down or hangs), or at ``deadline`` (monotonic) when one is given. Ctrl-C ends them all at
+    once, reporting the rest, and is raised again. Any other exception (``sys.exit`` from a
+    signal handler) leaves them closing, so the exit drain resumes them."""
+    watches = [_Watch(p, m) for p in pipelines for m in [p.begin_close()] if m is not None]
+    undelivered = Undelivered()
+    try:
+        while watches:
+            now = time.monotonic()
+            for watch in list(watches):
+                why = watch.verdict(now, deadline)
+                if why is not None:
+                    watches.remove(watch)
+                    grace = ANSWER_GRACE
+                    if deadline is not None:  # a hard bound: no grace beyond it
+                        grace = min(grace, max(0.0, deadline - now))
+                    undelivered += watch.pipeline.end_close(why, grace)
+            if not watches:
+                break
+            if progress is not None:
+                progress.show(sum(w.pipeline.pending() for w in watches), now)
+            wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - now))
+            watches[0].marker.done.wait(wait)
+    except KeyboardInterrupt:
+        for watch in watches:
+            undelivered += watch.pipeline.end_close("interrupted (Ctrl-C)", 0.0)
+        _warn(undelivered, "interrupted (Ctrl-C)")
+        raise
+    finally:
+        if progress is not None:
+            progress.end()
+    _warn(undelivered, "closed")
+    return undelivered
+
+
+class _Watch:
+    """One pipeline being drained: its closing marker and when it last made progress."""
+
+    def __init__(self, pipeline: Drainable, marker: FlushMarker) -> None:
+        self.pipeline = pipeline
+        self.marker = marker
+        self.finished = pipeline.finished_count
+        self.since = time.monotonic()
+
+    def verdict(self, now: float, deadline: Optional[float]) -> Optional[str]:
+        """None to keep waiting, else why the drain of this pipeline ends now."""
+        if self.marker.done.is_set():
+            return "the handler closed"
+        if deadline is not None:
+            return "close(timeout) ran out" if now >= deadline else None
+        finished = self.pipeline.finished_count
+        if finished != self.finished:
+            self.finished, self.since = finished, now
+            return None
+        stall = self.pipeline.settings.shutdown_timeout
+        if now - self.since >= stall:
+            return f"nothing was delivered for shutdown_timeout={stall:g}s"
+        return None
+
+
+def _warn(undelivered: Undelivered, why: str) -> None:
+    if undelivered.undelivered:
+        logger.warning(
+            "interakt-logging: %s with %d payload(s) undelivered: %d lost, %d kept in the "
+            "outbox", why, undelivered.undelivered, undelivered.lost, undelivered.kept,
+        )
+
+
+class ProgressLine:
+    """``interakt-logging: delivering N queued payloads before exit (Ctrl-C to stop)`` on
+    stderr, once a drain has lasted ``PROGRESS_AFTER``: redrawn in place on a terminal, else
+    a new line at most every ``PROGRESS_EVERY_LINES`` seconds (a log file stays readable)."""
+
+    def __init__(
+        self, reason: str, stream: Optional[IO[str]] = None, started: Optional[float] = None
+    ) -> None:
+        self._reason = reason
+        self._stream = stream
+        self._started = time.monotonic() if started is None else started
+        self._shown_at: Optional[float] = None
+        self._width = 0  # of the line drawn in place on a terminal; 0 when none is open
+        self._broken = False
+
+    def show(self, pending: int, now: float) -> None:
+        if self._broken or now - self._started < PROGRESS_AFTER:
+            return
+        stream = self._stream or sys.stderr
         try:
-            pipeline.close(timeout=max(0.0, deadline - time.monotonic()))
-        except Exception:  # pragma: no cover - a bug must not stop the other drains
-            logging.getLogger("interakt_logging").exception("interakt-logging: exit drain failed")
+            tty = stream.isatty()
+            every = PROGRESS_EVERY_TTY if tty else PROGRESS_EVERY_LINES
+            if self._shown_at is not None and now - self._shown_at < every:
+                return
+            self._shown_at = now
+            hint = " (Ctrl-C to stop)" if _on_main_thread() else ""
+            text = (
+                f"interakt-logging: delivering {pending:,} queued payloads before "
+                f"{self._reason}{hint}"
+            )
+            if tty:
+                stream.write("\r" + text.ljust(self._width))
+                self._width = len(text)
+            else:
+                stream.write(text + "\n")
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # stderr closed or gone: a courtesy only
+            self._broken = True
+
+    def end(self) -> None:
+        """On a terminal, end the line that was redrawn in place."""
+        if not self._width or self._broken:
+            return
+        self._width = 0
+        try:
+            stream = self._stream or sys.stderr
+            stream.write("\n")
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            self._broken = True
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _after_fork_in_child() -> None:
@@ -53,7 +236,7 @@ def _after_fork_in_child() -> None:
         pipeline.after_fork()
 
 
-atexit.register(_drain_at_exit)
+atexit.register(drain_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_outbox.before_fork,

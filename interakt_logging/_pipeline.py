@@ -8,19 +8,21 @@ before logging anything (gunicorn, Celery) starts none in the parent.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import _lifecycle
-from ._backlog import FlushMarker, MemoryBacklog
+from ._backlog import FlushMarker, FlushResult, MemoryBacklog, Unfinished
 from ._delivery import Abandoned, Delivery
 from ._errors import DeliveryError, InteraktError, QueueFullError
 from ._flow import FlowControl
+from ._lifecycle import Undelivered
 from ._listener import PayloadListener, Workers
 from ._outbox import OutboxBacklog, check_outbox
 from ._payload import Payload, QueuedPayload
@@ -60,13 +62,22 @@ def capturing() -> bool:
     return bool(interceptors)
 
 _CLOSED = "the handler is closed; payload not sent"
+_LISTENER_STOP = 0.5  # seconds close waits for the listener to hand over its batch
+_STOCK_WAIT = 5.0  # seconds a concurrent close waits for the first one to take stock
 
 
 class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._state_lock = threading.Lock()
-        self._closed = False
+        # re-entrant: a signal handler may close (drain) while this thread holds it
+        self._state_lock = threading.RLock()
+        self._closed = False  # new payloads are refused
+        self._closing: Optional[FlushMarker] = None  # set by begin_close
+        self._ending = False  # end_close has begun taking stock
+        self._ending_thread = 0
+        self._stock_taken = threading.Event()
+        self._unreported: Deque[Tuple[DeliveryError, Payload]] = collections.deque()
+        self._ended = False
         self._exit_deadline: Optional[float] = None
         if settings.outbox is not None:
             check_outbox(settings.outbox)  # here, not in a forked child's rebuild or a thread
@@ -229,8 +240,15 @@ class Pipeline:
             multiprocessing.util.Finalize(None, self.close, exitpriority=100)
 
     def _not_kept(self, payloads: List[Payload]) -> None:
+        """The listener could not hand these to the backlog: the outbox is full, or shutdown
+        has taken stock already."""
+        self.backlog.count_failed(len(payloads))
+        error: InteraktError = (
+            DeliveryError(_CLOSED, "closed") if self._ending
+            else QueueFullError("outbox full; payload dropped")
+        )
         for payload in payloads:
-            self.reject(QueueFullError("outbox full; payload dropped"), payload.message())
+            self.reject(error, payload.message())
 
     # -- flush, close, fork -------------------------------------------------------------------
 
@@ -238,68 +256,120 @@ class Pipeline:
         current = threading.current_thread()
         return current is self.listener.thread or current in self.workers.threads
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until everything queued before the call is delivered or failed. True if so."""
+    def _running_here(self) -> bool:
+        """The sender runs, in this process: there is something to wait for."""
+        return self._started and not self.settings.sync_mode and self._pid == os.getpid()
+
+    def flush(self, timeout: Optional[float] = None) -> FlushResult:
+        """Wait, at most ``timeout`` (default shutdown_timeout), until everything queued before
+        the call is delivered or failed; return the outcomes of what was queued since the
+        previous flush (true only when all of it was delivered)."""
         if timeout is None:
             timeout = self.settings.shutdown_timeout
-        if (
-            self.settings.sync_mode or not self._started or self._closed
-            or self._pid != os.getpid()
-        ):
-            return True  # nothing of this process is queued
-        if self._own_thread():
-            return False  # called from on_error on a sender thread: waiting would deadlock
-        return self._wait_for_queued(timeout)
-
-    def _wait_for_queued(self, timeout: float) -> bool:
-        marker = FlushMarker()
+        if self._closed or not self._running_here():
+            return FlushResult()  # nothing of this process is queued
+        if self._own_thread():  # on_error on a sender thread: waiting would wait for itself
+            return FlushResult(pending=self.pending())
+        marker = FlushMarker(ahead=self.queue.qsize())
         self.queue.put(marker)
-        return marker.done.wait(timeout) and marker.finished
+        marker.done.wait(timeout)
+        return self.backlog.result(marker, self.queue.qsize())
+
+    def pending(self) -> int:
+        """Payloads queued and not finished yet (approximate while threads move them)."""
+        return self.queue.qsize() + len(self.backlog) + self.backlog.in_flight
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Flush within ``timeout`` (default shutdown_timeout), stop the threads, and report
-        (or keep in the outbox) whatever is left. Idempotent; True when nothing was left."""
+        """Deliver what is queued, stop the threads, and report (or keep in the outbox) what is
+        left; True when nothing was left. ``timeout`` is a hard bound; without it the close
+        goes on while payloads are being delivered and gives up after shutdown_timeout without
+        any (see ``_lifecycle.drain``). Idempotent; an interrupted close is resumed by the next
+        close or by the exit drain."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _lifecycle.drain([self], deadline=deadline).undelivered == 0
+
+    def begin_close(self) -> Optional[FlushMarker]:
+        """Refuse new payloads and mark the end of what is queued: the returned marker is done
+        once all of it is finished. A close already under way returns its marker again (so an
+        interrupted close resumes); None once the pipeline has ended."""
         with self._state_lock:
-            if self._closed:
-                return True
-            self._closed = True
+            if self._ended:
+                return None
+            if self._closing is None:
+                self._closed = True
+                self._closing = FlushMarker()
+                if self._running_here() and not self._own_thread():
+                    self.queue.put(self._closing)
+                else:  # nothing to wait for, or we are the thread that would do the work
+                    self._closing.done.set()
+            return self._closing
+
+    def end_close(self, why: str, grace: float) -> Undelivered:
+        """Stop the threads and settle what is left: keep it in the outbox, or report it as not
+        delivered because ``why``. Requests already out get ``grace`` seconds to answer (and
+        count as delivered when they do). Re-entrant (a signal handler may drain again while this
+        runs): whoever comes later helps report what is left, nothing is reported twice."""
+        with self._state_lock:
+            first = not self._ending
+            self._ending = True
+        ended = Undelivered()
+        if first:
+            ended = self._take_stock(why, grace)
+            self._stock_taken.set()
+        elif self._ending_thread != threading.get_ident():
+            self._stock_taken.wait(_STOCK_WAIT)  # another thread is taking stock right now
+        while True:
+            try:
+                error, payload = self._unreported.popleft()
+            except IndexError:
+                break
+            self.reject(error, payload.message())
+        with self._state_lock:
+            if self._ended or not self._stock_taken.is_set():
+                return ended
+            self._ended = True
         _lifecycle.unregister(self)
-        if timeout is None:
-            timeout = self.settings.shutdown_timeout
-        deadline = time.monotonic() + timeout
-        left: List[Payload] = []
-        if self._started and self._pid == os.getpid():
-            if not self._own_thread():
-                self._wait_for_queued(timeout)  # not flush(): that returns at once when closed
-            self.listener.stop(max(0.0, deadline - time.monotonic()))
-            self._stop.set()
-            self.flow.stop()
-            left = self.backlog.stop()
-            self.workers.join(min(deadline, time.monotonic() + 0.2))
-            self._started = False  # a later submit finds the pipeline closed and refuses
-        left.extend(self._drain_queue())
-        lost = self.backlog.keep(left)
-        # What stays in an outbox: also its rows that were never loaded into memory.
-        kept = len(self.backlog) if self.settings.outbox is not None else 0
-        for payload in lost:
-            self.reject(
-                DeliveryError(
-                    f"not delivered within shutdown_timeout={self.settings.shutdown_timeout}s; "
-                    "payload lost (configure an outbox to keep such payloads)",
-                    "shutdown",
-                ),
-                payload.message(),
-            )
-        if lost or kept:
-            logger.warning(
-                "interakt-logging: closed with %d payload(s) undelivered: %d lost, %d kept in "
-                "the outbox", len(lost) + kept, len(lost), kept,
-            )
         self.backlog.close()
         self.transport.close()
-        return not (lost or kept)
+        return ended
 
-    def _drain_queue(self) -> List[Payload]:
+    @property
+    def finished_count(self) -> int:
+        """Payloads delivered or failed for good so far; a drain watches it for progress."""
+        return self.backlog.finished_count
+
+    def _take_stock(self, why: str, grace: float) -> Undelivered:
+        """Stop everything; what is left goes to the outbox or to ``_unreported``."""
+        self._ending_thread = threading.get_ident()
+        unfinished = Unfinished([], [])
+        if self._started and self._pid == os.getpid():
+            self.listener.stop(_LISTENER_STOP)
+            self._stop.set()  # workers end after the payload in hand
+            self.backlog.stop_taking()
+            self.flow.stop()  # workers waiting to send give up; requests out may still answer
+            self.workers.join(time.monotonic() + grace)
+            unfinished = self.backlog.stop()
+            self._started = False  # a later submit finds the pipeline closed and refuses
+        taken_back = len(unfinished.waiting) + len(unfinished.sending)
+        waiting = unfinished.waiting + self._drain_queue(taken_back)
+        lost_waiting = self.backlog.keep(waiting)
+        lost_sending = self.backlog.keep(unfinished.sending)
+        lost = DeliveryError(
+            f"not delivered: {why}; payload lost (configure an outbox to keep such payloads)",
+            "shutdown",
+        )
+        unknown = DeliveryError(
+            f"no answer from the API yet when {why}: it may or may not have recorded this "
+            "payload", "shutdown",
+        )
+        self._unreported.extend((lost, payload) for payload in lost_waiting)
+        self._unreported.extend((unknown, payload) for payload in lost_sending)
+        # What stays in an outbox: also its rows that were never loaded into memory.
+        kept = len(self.backlog) if self.settings.outbox is not None else 0
+        return Undelivered(lost=len(lost_waiting) + len(lost_sending), kept=kept)
+
+    def _drain_queue(self, taken_back: int) -> List[Payload]:
+        """Empty the queue after the listener stopped; release the flush markers found there."""
         left: List[Payload] = []
         while True:
             try:
@@ -307,14 +377,14 @@ class Pipeline:
             except queue.Empty:
                 return left
             if isinstance(item, FlushMarker):
-                item.done.set()
+                self.backlog.release_unplaced(item, len(left))
             elif item is not None:
                 left.append(Payload(*item))
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's queue, threads and connections; start anew
         on first use. The parent's payloads stay the parent's to deliver."""
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.RLock()
         if not self._closed:
             self._build()
 

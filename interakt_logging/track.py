@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import orjson
 
+from ._backlog import FlushResult
 from ._handler import InteraktHandler
 from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, QueuedPayload, build_payload
 from ._pipeline import capturing
@@ -75,11 +76,12 @@ def event(
     ))
 
 
-def flush(timeout: Optional[float] = None) -> bool:
+def flush(timeout: Optional[float] = None) -> FlushResult:
     """Wait until everything queued so far is delivered or failed, at most ``timeout`` seconds
-    (default: the handler's shutdown_timeout). True when it all finished in time."""
+    (default: the handler's shutdown_timeout). The result counts what was queued since the
+    previous flush and is true only when all of it was delivered (see ``FlushResult``)."""
     client = default_client
-    return client is None or client.flush(timeout)
+    return FlushResult() if client is None else client.flush(timeout)
 
 
 def shutdown() -> None:

@@ -194,13 +194,13 @@ def test_the_key_never_shows(
     with caplog.at_level(logging.DEBUG):
         logger.info("Order Placed", extra=event("1"))
         logger.info("Order Placed", extra=event("2"))
-        assert handler.flush(10)
+        assert handler.flush(10).failed == 2  # both refused: finished, not delivered
     unreachable = make_handler(host="http://127.0.0.1:1", max_retries=0,
                                on_error=lambda e, p: errors.append(e))
     logger.addHandler(unreachable)
     with caplog.at_level(logging.DEBUG):
         logger.info("Order Placed", extra=event("3"))
-        assert unreachable.flush(10)
+        assert unreachable.flush(10).failed == 1
     logging.getLogger("interakt_logging").setLevel(logging.NOTSET)
     assert len(errors) >= 2
     texts = [caplog.text, repr(handler), str(handler), repr(handler.settings),
@@ -223,7 +223,7 @@ def test_close_and_flush_from_on_error_do_not_deadlock(
     handler: InteraktHandler
 
     def on_error(error: Exception, payload: Any) -> None:
-        seen.append(handler.flush(5))
+        seen.append(bool(handler.flush(5)))
         handler.close(timeout=1)
         reported.set()
 

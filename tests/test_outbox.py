@@ -60,7 +60,7 @@ CHILD = textwrap.dedent("""
                 log.info("Outbox Test", extra={"interakt_event": tag})
             reply(logged=int(args[1]))
         elif command == "flush":
-            reply(flushed=handler.flush(float(args[0])), stats=handler.stats(), errors=errors)
+            reply(flushed=bool(handler.flush(float(args[0]))), stats=handler.stats(), errors=errors)
         elif command == "exit":
             break
 """)
@@ -344,7 +344,7 @@ def test_a_forked_child_uses_the_same_outbox_and_the_parent_is_unaffected(
         burst("Q", 50)  # while the child works and closes
         _, status = os.waitpid(pid, 0)
         burst("R", 50)  # after the child has exited
-        flushed = handler.flush(20)
+        flushed = bool(handler.flush(20))
         print(json.dumps({"child": status, "flushed": flushed, "stats": handler.stats()}))
         handler.close()
     """, host=server.url, outbox=str(outbox))

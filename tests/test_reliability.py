@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from interakt_logging import APIError, DeliveryError, InteraktHandler
+from interakt_logging import APIError, DeliveryError, FlushResult, InteraktHandler
 from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
 
 from .conftest import log_from_threads, wait_until
@@ -44,7 +44,7 @@ def test_other_4xx_are_never_retried(
     handler = make_handler(on_error=lambda e, p: errors.append((e, p)))
     logger.addHandler(handler)
     logger.info("Order Placed", extra=event("1"))
-    assert handler.flush(10)
+    assert handler.flush(10) == FlushResult(delivered=0, failed=1)
     assert len(server.requests) == 1
     ((error, payload),) = errors
     assert isinstance(error, APIError) and error.status_code == status and error.message == "nope"
@@ -60,7 +60,7 @@ def test_non_json_error_body(
     handler = make_handler(on_error=lambda e, p: errors.append(e))
     logger.addHandler(handler)
     logger.info("Order Placed", extra=event("1"))
-    assert handler.flush(10)
+    assert handler.flush(10).failed == 1
     assert isinstance(errors[0], APIError) and "bad gateway config" in errors[0].message
 
 
@@ -75,7 +75,7 @@ def test_retries_run_out_for_a_payload_the_api_keeps_rejecting(
     logger.info("Order Placed", extra=event("poison"))
     for i in range(20):
         logger.info("Order Placed", extra=event(str(i)))
-    assert handler.flush(30)
+    assert handler.flush(30) == FlushResult(delivered=20, failed=1)
     poison = [r for r in server.requests if r.body["userId"] == "poison"]
     assert len(poison) == 3
     assert len(server.delivered) == 20
@@ -91,7 +91,7 @@ def test_network_errors_are_retried_then_reported(
                            on_error=lambda e, p: errors.append(e))
     logger.addHandler(handler)
     logger.info("Order Placed", extra=event("1"))
-    assert handler.flush(20)
+    assert handler.flush(20).failed == 1
     assert isinstance(errors[0], DeliveryError) and errors[0].reason == "ConnectionError"
     assert "gave up after 2 retries" in str(errors[0])
     assert handler.stats()["retried"] == 2
