@@ -104,7 +104,7 @@ def test_nothing_shows_the_key_while_sending_and_failing(
             logger.addHandler(handler)
             for user_id in ("1", "2"):
                 logger.info("Order Placed", extra={"interakt_event": {"user_id": user_id}})
-            assert handler.flush(10)
+            assert handler.flush(10).failed == 2  # refused, then unreachable
             _assert_no_secret(repr(handler), str(handler), repr(handler.settings),
                               repr(handler.pipeline), repr(handler.pipeline.transport))
     logging.getLogger("interakt_logging").setLevel(logging.NOTSET)
