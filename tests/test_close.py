@@ -92,6 +92,7 @@ def test_track_flush_returns_the_same_result(server: MockInteraktServer) -> None
 # -- close() with requests in flight ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_close_waits_for_requests_in_flight_and_counts_them_sent(
     logger: logging.Logger, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -110,6 +111,7 @@ def test_close_waits_for_requests_in_flight_and_counts_them_sent(
         assert handler.stats()["sent"] == 20 and len(slow.delivered) == 20
 
 
+@pytest.mark.slow
 def test_close_with_a_timeout_is_a_hard_bound_and_says_the_outcome_is_unknown(
     logger: logging.Logger, make_handler: Callable[..., InteraktHandler]
 ) -> None:
