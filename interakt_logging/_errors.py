@@ -51,7 +51,7 @@ class QueueFullError(InteraktError):
 class DeliveryError(InteraktError):
     """A payload could not be delivered: the network failed past the retries, or the handler
     shut down (or was closed) before it went. ``reason`` names the kind of failure in a word or
-    two (``"ConnectionError"``, ``"ReadTimeout"``, ``"shutdown"``, ``"closed"``)."""
+    two (``"ConnectionError"``, ``"Timeout"``, ``"shutdown"``, ``"closed"``)."""
 
     def __init__(self, message: str, reason: str) -> None:
         self.reason = reason

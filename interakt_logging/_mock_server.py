@@ -38,7 +38,10 @@ class RecordedRequest:
 @dataclass
 class Reply:
     """What to answer one request with. ``hang``: never answer; ``cut``: send the status, the
-    headers and half the body, then close the connection (a reset in mid-answer)."""
+    headers and half the body, then close the connection (a reset in mid-answer); ``drip``:
+    send the answer one byte every ``drip`` seconds (only its body when ``drip_headers`` is
+    False), a server slow enough to never trip a socket timeout; ``location``: a Location
+    header (for a redirect such as ``Reply(302, location=...)``)."""
 
     status: int = 200
     body: Any = None
@@ -46,6 +49,9 @@ class Reply:
     latency: float = 0.0
     hang: bool = False
     cut: bool = False
+    drip: float = 0.0
+    drip_headers: bool = True
+    location: Optional[str] = None
 
 
 Responder = Callable[[RecordedRequest], Optional[Reply]]
@@ -248,11 +254,31 @@ def _make_handler(mock: MockInteraktServer) -> type:
             )
             if reply.retry_after is not None:
                 head += f"Retry-After: {reply.retry_after}\r\n"
+            if reply.location is not None:
+                head += f"Location: {reply.location}\r\n"
             if reply.cut:
                 self.wfile.write(head.encode("latin-1") + b"\r\n" + data[: len(data) // 2])
                 return False
-            self.wfile.write(head.encode("latin-1") + b"\r\n" + data)
+            whole = head.encode("latin-1") + b"\r\n" + data
+            if reply.drip and not self._drip(whole, reply.drip, reply.drip_headers):
+                return False
+            if not reply.drip:
+                self.wfile.write(whole)
             mock._answered(request)
+            return True
+
+        def _drip(self, whole: bytes, interval: float, headers_too: bool) -> bool:
+            """Send ``whole`` a byte every ``interval`` s (the head at once unless
+            ``headers_too``); False when the client left or the server stops first."""
+            start = 0 if headers_too else whole.index(b"\r\n\r\n") + 4
+            try:
+                self.wfile.write(whole[:start])
+                for i in range(start, len(whole)):
+                    if mock._stopped.wait(interval):
+                        return False
+                    self.wfile.write(whole[i : i + 1])
+            except OSError:  # the client gave up and closed the connection
+                return False
             return True
 
     return Handler

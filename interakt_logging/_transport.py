@@ -3,6 +3,12 @@
 Each POST reuses a prepared request per path and hands it to the adapter directly, skipping the
 per-call environment merge, cookie jar and auth preparation of ``Session.post``; proxies from
 the environment are resolved once at construction, so an HTTPS_PROXY setup still applies.
+``timeout`` bounds each attempt as a whole (``_deadline``), not each socket read.
+
+Redirects are not followed: a Track API call is delivered only when the API itself accepted the
+POST with its body (requests would replay a 302 as a GET without it, and the target's 200 would
+count as sent), and the key must never travel to another origin. A 3xx is a final APIError that
+names the Location.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import Any, Dict, Optional
 
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 
+from ._deadline import Watchdog, WatchedAdapter
 from ._errors import APIError
 from ._payload import EVENTS_PATH, USERS_PATH, Payload
 
@@ -42,7 +48,7 @@ class Transport:
 
     def __init__(self, api_key: str, host: str, timeout: float, pool_size: int, user_agent: str):
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        adapter = WatchedAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         self._session = session
@@ -61,6 +67,8 @@ class Transport:
         }
         env = session.merge_environment_settings(host + USERS_PATH, {}, None, None, None)
         self._adapter = adapter
+        self._timeout = timeout
+        self._watchdog = Watchdog()
         self._send_settings: Dict[str, Any] = {
             "timeout": timeout, "proxies": env["proxies"], "verify": env["verify"],
             "cert": env["cert"],
@@ -76,25 +84,39 @@ class Transport:
         request.body = body
         request.headers["Content-Length"] = str(len(body))
         started = time.monotonic()
+        error: Optional[Exception] = None
+        attempt = self._watchdog.begin(self._timeout)
         try:
             # The adapter directly: Session.send adds hooks, a cookie jar update and redirect
-            # handling (~15% of the sender's CPU); the rare redirect is still followed as it would.
+            # handling (~15% of the sender's CPU), and redirects are not to be followed.
             response = self._adapter.send(request, **self._send_settings)
-            if response.is_redirect:
-                *_, response = self._session.resolve_redirects(
-                    response, request, **self._send_settings
-                )
             content = response.content  # read here: a reset mid-body is a network error too
         except Exception as exc:  # requests, urllib3 or socket: all mean "no HTTP answer"
-            raise NetworkError(type(exc).__name__, str(exc)[:300]) from None
+            error = exc
+        finally:
+            expired = self._watchdog.end(attempt)
+        if expired:
+            raise NetworkError(
+                "Timeout", f"no complete answer within timeout={self._timeout:g}s"
+            ) from None
+        if error is not None:
+            raise NetworkError(type(error).__name__, str(error)[:300]) from None
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug(
                 "POST %s -> %s in %.1f ms", payload.path, response.status_code,
                 (time.monotonic() - started) * 1000,
             )
+        if 300 <= response.status_code < 400:
+            location = response.headers.get("Location") or "(no Location header)"
+            raise APIError(
+                response.status_code,
+                f"redirected to {location[:300]}; not followed: a Track API call counts as "
+                "delivered only when the API itself accepts it (check host=)",
+            )
         return parse_response(response.status_code, content, response.headers)
 
     def close(self) -> None:
+        self._watchdog.close()
         self._session.close()
 
 

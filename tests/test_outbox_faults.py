@@ -43,7 +43,8 @@ def log_events(logger: logging.Logger, handler: InteraktHandler, count: int, pre
 
 
 def sender_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("interakt-logging")}
+    names = ("interakt-logging-listener", "interakt-logging-sender")
+    return {t.name for t in threading.enumerate() if t.name.startswith(names)}
 
 
 # -- an unusable outbox is refused when the handler is built ------------------------------------
@@ -171,7 +172,8 @@ DISK_FULL_CHILD = textwrap.dedent("""
         if stats["outboxed"] + stats["failed"] >= 600 or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("interakt"))
+    senders = ("interakt-logging-listener", "interakt-logging-sender")
+    threads = sorted(t.name for t in threading.enumerate() if t.name.startswith(senders))
     print(json.dumps({"stats": stats, "reasons": sorted(set(reasons)), "failed": len(reasons),
                       "threads": len(threads), "workers": handler.settings.workers}), flush=True)
     handler.close()
