@@ -103,8 +103,9 @@ class MockInteraktServer:
         self.stop()
 
     def start(self) -> None:
+        # stop() waits for serve_forever's next poll: 5 ms, not 50, keeps a test's teardown short
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.005},
             name="mock-interakt-server", daemon=True,
         )
         self._thread.start()
