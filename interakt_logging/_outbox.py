@@ -206,6 +206,7 @@ class OutboxBacklog(MemoryBacklog):
                     "outbox",
                 )
                 self._failed.extend((error, payload.message()) for payload in payloads)
+                self._tally[1] += len(payloads)  # the next flush's outcomes, as _not_kept's
                 kept, not_kept = [], []
             if kept and not self._stopping:
                 if self._unloaded() == len(kept) and len(self._waiting) < self._room:
@@ -351,8 +352,8 @@ class OutboxBacklog(MemoryBacklog):
                     continue
                 unusable = _unusable(payload.path, payload.body, payload.created)
                 if unusable is not None:
-                    self._failed.append((unusable, _message(payload.path, payload.body,
-                                                            payload.created)))
+                    self._fail_fresh(unusable, _message(payload.path, payload.body,
+                                                        payload.created))
                     continue
                 try:
                     cursor = db.execute(
@@ -362,7 +363,7 @@ class OutboxBacklog(MemoryBacklog):
                     # SQLite undid this statement only; the transaction goes on without it.
                     error = DeliveryError(f"the outbox could not store this payload ({exc}); "
                                           "payload dropped", "outbox")
-                    self._failed.append((error, payload.message()))
+                    self._fail_fresh(error, payload.message())
                     continue
                 total += size
                 rows.append((payload, cast(int, cursor.lastrowid)))
@@ -374,6 +375,12 @@ class OutboxBacklog(MemoryBacklog):
             self._counters.add("outboxed", len(rows))
         return [payload for payload, _ in rows], not_kept
 
+    def _fail_fresh(self, error: Exception, reported: Dict[str, Any]) -> None:
+        """A payload just drained from the queue that cannot be stored: reported once the lock
+        is released, and one of the next flush's failures."""
+        self._failed.append((error, reported))
+        self._tally[1] += 1
+
     def _unloaded(self) -> int:
         """Rows of this owner that are only on disk."""
         return self._rows - len(self._waiting) - len(self._in_flight)
@@ -383,6 +390,8 @@ class OutboxBacklog(MemoryBacklog):
             self._refill()
         except _FAILURES as exc:
             self._warn(exc)
+        if self._markers:  # corrupt rows dropped may have been all a flush waited for
+            self._release_markers()
 
     def _refill(self) -> None:
         """Top the in-memory window up from disk, oldest rows first. A row that cannot be sent
@@ -406,6 +415,8 @@ class OutboxBacklog(MemoryBacklog):
                     "DELETE FROM outbox WHERE id = ?", (row_id,)
                 ).rowcount
                 self._failed.append((unusable, _message(path, body, created)))
+                self._finished += 1
+                self._count(row_id, delivered=False)
                 continue
             payload = Payload(path, bytes(body), created)
             payload.seq = payload.outbox_id = row_id

@@ -43,7 +43,7 @@ def test_a_server_dripping_its_answer_cannot_hold_a_worker_past_timeout(
     started = time.monotonic()
     logger.info("Order Placed", extra=event("1"))
     logger.info("Order Placed", extra=event("2"))
-    assert handler.flush(10)
+    assert handler.flush(10).pending == 0  # before: 2 pending for ever
     elapsed = time.monotonic() - started
     assert 0.5 <= elapsed < 5  # both attempts, in parallel, ended at their deadline
     assert len(errors) == 2 and all(isinstance(e, DeliveryError) for e in errors)
@@ -117,7 +117,7 @@ def test_a_redirect_is_a_final_api_error_and_the_key_never_leaves_the_host(
         handler = make_handler(**kwargs)
         logger.addHandler(handler)
         logger.info("Order Placed", extra=event("1"))
-        assert handler.flush(10)
+        assert handler.flush(10).failed == 1
         assert elsewhere.requests == []  # neither the body nor the Authorization header
     [error] = errors
     assert isinstance(error, APIError) and error.status_code == status

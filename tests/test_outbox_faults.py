@@ -135,7 +135,7 @@ def test_an_owners_directory_broken_after_construction_fails_only_the_payloads_i
     Path(f"{outbox}.owners").write_text("in the way")
 
     log_events(logger, handler, 5, "A")
-    assert handler.flush(10)
+    assert handler.flush(10).failed == 5
     assert handler.stats()["failed"] == 5 and len(errors) == 5
     assert all(isinstance(e, DeliveryError) and e.reason == "outbox" for e in errors)
     assert "Not a directory" in str(errors[0])
@@ -268,7 +268,8 @@ def test_corrupt_rows_are_reported_and_dropped_and_the_rest_delivered(
     errors: list[tuple[Exception, Any]] = []
     handler = make_handler(outbox=str(corrupt_outbox),
                            on_error=lambda error, payload: errors.append((error, payload)))
-    assert handler.flush(10)  # leftovers start the sender at construction
+    flushed = handler.flush(10)  # leftovers start the sender at construction
+    assert (flushed.delivered, flushed.failed, flushed.pending) == (3, 3, 0)
     assert sorted(e["userId"] for e in server.events()) == ["u0", "u4"]
     assert [u["userId"] for u in server.users()] == ["u5"]
     assert sorted(error.field for error, _ in errors) == ["created_at", "created_at", "path"]
