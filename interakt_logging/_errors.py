@@ -96,10 +96,19 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 
 def _raised(exc: BaseException) -> str:
     """``reading it raised RuntimeError: boom``, for an exception whose str() may raise too."""
+    return f"reading it raised {describe(exc)}"
+
+
+INTERNAL = "internal"  # DeliveryError.reason when a fault here, not the payload, failed it
+
+
+def describe(error: BaseException) -> str:
+    """``RuntimeError: boom`` (the message cut at 80 characters), even for an exception whose
+    str() raises."""
     try:
-        detail = str.__str__(str(exc))
+        detail = str.__str__(str(error))
     except Exception:
         detail = ""
     if len(detail) > 80:
         detail = detail[:77] + "..."
-    return f"reading it raised {type(exc).__name__}" + (f": {detail}" if detail else "")
+    return type(error).__name__ + (f": {detail}" if detail else "")

@@ -69,7 +69,8 @@ _STOCK_WAIT = 5.0  # seconds a concurrent close waits for the first one to take 
 class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # re-entrant: a signal handler may close (drain) while this thread holds it
+        # re-entrant: a signal handler may close (drain), or log (see _ensure_started), while
+        # this thread holds it
         self._state_lock = threading.RLock()
         self._closed = False  # new payloads are refused
         self._closing: Optional[FlushMarker] = None  # set by begin_close
@@ -78,6 +79,7 @@ class Pipeline:
         self._stock_taken = threading.Event()
         self._unreported: Deque[Tuple[DeliveryError, Payload]] = collections.deque()
         self._ended = False
+        self._starting = False
         self._exit_deadline: Optional[float] = None
         if settings.outbox is not None:
             check_outbox(settings.outbox)  # here, not in a forked child's rebuild or a thread
@@ -221,11 +223,18 @@ class Pipeline:
             if self._closed:
                 return False
             if not self._started:
+                if self._starting:
+                    # A signal handler logging on this thread, in the middle of the start
+                    # below: the interrupted call completes it; the payload can be queued.
+                    return True
+                self._starting = True
                 try:
                     self.listener.start()
                     self.workers.start()
                 except RuntimeError:  # interpreter shutting down: no new threads
                     return False
+                finally:
+                    self._starting = False
                 self._started = True
                 self._drain_at_multiprocessing_exit()
             return True

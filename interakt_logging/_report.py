@@ -4,16 +4,28 @@ Warnings go to the library's own logger ``interakt_logging``: the first occurren
 distinct problem (a validation error on one field, an HTTP status, a kind of network error, a
 full queue) is logged at once, repeats are counted and summarised at most once per interval, so
 a burst of bad events produces one line, not thousands, and an outage tomorrow is still heard of.
+
+Reporting runs wherever a payload is refused: on a sender thread, on the logging thread, inside
+a signal handler that logs, inside ``on_error`` itself. So it never raises, never waits for
+another report on the same thread, and never calls ``on_error`` from within ``on_error``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from typing import Any, Callable, Dict, Hashable, List, Optional
 
-from ._errors import APIError, DeliveryError, QueueFullError, ValidationError
+from ._errors import (
+    INTERNAL,
+    APIError,
+    DeliveryError,
+    QueueFullError,
+    ValidationError,
+    describe,
+)
 
 logger = logging.getLogger("interakt_logging")
 
@@ -25,22 +37,71 @@ _MAX_REMEMBERED = 1000
 class Reporter:
     def __init__(self, on_error: Optional[Callable[[Exception, Any], Any]]) -> None:
         self._on_error = on_error
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that logs may interrupt this thread while it holds it.
+        self._lock = threading.RLock()
         # problem -> [time of its last warning, occurrences since]
         self._problems: Dict[Hashable, List[float]] = {}
+        self._in_on_error = threading.local()  # .active on a thread running on_error
 
     def report(self, error: Exception, payload: Any) -> None:
-        """Call ``on_error(error, payload)`` (never letting it raise) and warn as above."""
-        self._warn(error)
-        if self._on_error is not None:
-            try:
-                self._on_error(error, payload)
-            except Exception:
-                logger.exception("interakt-logging: the on_error callback raised")
+        """Warn as above and call ``on_error(error, payload)``. Never raises an Exception.
+
+        A report made while this thread is inside ``on_error`` (it logged an event that was
+        refused too, say to a closed handler) is warned about but not passed to ``on_error``
+        again: that would recurse without end."""
+        with contextlib.suppress(Exception):  # a broken logging setup: on_error still hears
+            self._warn(error)
+        on_error = self._on_error
+        if on_error is None:
+            return
+        state = self._in_on_error
+        if getattr(state, "active", False):
+            self._say_once(
+                ("reentrant",), REPEAT_INTERVAL,
+                "a payload was refused while on_error was running on the same thread (does "
+                "on_error log an event?): on_error is not called again for it, which would "
+                "recurse; it is counted in stats()",
+            )
+            return
+        state.active = True
+        try:
+            on_error(error, payload)
+        except Exception as exc:
+            self.fault("the on_error callback raised", exc)
+        finally:
+            state.active = False
+
+    def fault(self, what: str, error: BaseException) -> None:
+        """Log a failure that no payload explains (a bug here, in a callback, or in a part
+        such as the backlog) at ERROR with its traceback; repeats are summarised. Never
+        raises an Exception."""
+        with contextlib.suppress(Exception):  # logging itself is broken: nothing left to tell
+            self._say_once(
+                ("fault", what, type(error).__name__), REPEAT_INTERVAL,
+                f"{what}: {describe(error)}", exc_info=error, level=logging.ERROR,
+            )
 
     def _warn(self, error: Exception) -> None:
-        key = _problem_key(error)
         interval = DROP_INTERVAL if isinstance(error, QueueFullError) else REPEAT_INTERVAL
+        # the first warning of an internal error carries the traceback of the bug behind it
+        internal = isinstance(error, DeliveryError) and error.reason == INTERNAL
+        self._say_once(
+            _problem_key(error), interval, f"{error}",
+            suffix="see on_error and stats()", exc_info=error.__cause__ if internal else None,
+        )
+
+    def _say_once(
+        self,
+        key: Hashable,
+        interval: float,
+        text: str,
+        *,
+        suffix: str = "",
+        exc_info: Optional[BaseException] = None,
+        level: int = logging.WARNING,
+    ) -> None:
+        """Log ``text`` unless ``key`` was logged less than ``interval`` ago (then count it as a
+        repeat, told with the next line logged about ``key``)."""
         now = time.monotonic()
         with self._lock:
             seen = self._problems.get(key)
@@ -56,9 +117,9 @@ class Reporter:
                 repeats = int(seen[1])
                 seen[0], seen[1] = now, 0.0
         more = f" ({repeats} more like it since the last warning)" if repeats else ""
-        logger.warning(
-            "interakt-logging: %s%s; repeats are summarised every %.0f s, see on_error and "
-            "stats()", error, more, interval,
+        logger.log(
+            level, "interakt-logging: %s%s; repeats are summarised every %.0f s%s",
+            text, more, interval, f", {suffix}" if suffix else "", exc_info=exc_info,
         )
 
 
