@@ -107,7 +107,7 @@ def interrupted_start():
 
 handler.pipeline.listener.start = interrupted_start
 log.info("Order", extra={"interakt_event": {"user_id": "first"}})
-print(handler.flush(10), *sorted(body["userId"] for body in server.events()))
+print(bool(handler.flush(10)), *sorted(body["userId"] for body in server.events()))
 handler.close()
 server.stop()
 """
