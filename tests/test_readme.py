@@ -133,3 +133,16 @@ def test_relative_links_resolve(page: Path) -> None:
         assert linked.exists(), f"{page.name}: link to {target}: no such file"
         if anchor and linked.suffix == ".md":
             assert anchor in _anchors(linked), f"{page.name}: link to {target}: no such heading"
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    """CI installs and tests exactly as the README says: change both or neither."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci_tests = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
+    assert len(ci_tests) == 1, f".ci/run should run the tests once, found {ci_tests}"
+    after = README.read_text(encoding="utf-8").split("Run the tests", 1)[1]
+    readme = re.search(r"^python3 -m venv \.venv && .*$", after, re.M)
+    assert readme, "README: no install-and-test command under 'Run the tests'"
+    assert readme.group(0).endswith(" && " + ci_tests[0]), (readme.group(0), ci_tests[0])
+    assert 'pip install -e ".[test]"' in readme.group(0)
+    assert 'pip install --quiet -e ".[test]"' in ci
