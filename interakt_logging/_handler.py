@@ -114,6 +114,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
         """Ignored: dictConfig's plain QueueListener would consume payloads, not send them."""
 
     def __repr__(self) -> str:
+        if _pipeline_of(self) is None:
+            return "<InteraktHandler (construction failed)>"
         level = logging.getLevelName(self.level)
         mode = "sync" if self.settings.sync_mode else "background"
         return f"<InteraktHandler {self.settings.host} {mode} ({level})>"
@@ -136,20 +138,17 @@ class InteraktHandler(logging.handlers.QueueHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            payload = self.prepare(record)
-        except ValidationError as exc:
-            d = record.__dict__
-            self.pipeline.reject(exc, d.get(EVENT_TAG, d.get(USER_TAG)))
-            if self.settings.sync_mode:
-                self.handleError(record)
-            return
-        except Exception:
-            self.handleError(record)
-            return
-        try:
+            try:
+                payload = self.prepare(record)
+            except ValidationError as exc:
+                d = record.__dict__
+                self.pipeline.reject(exc, d.get(EVENT_TAG, d.get(USER_TAG)))
+                if self.settings.sync_mode:
+                    self.handleError(record)
+                return
             self._enqueue(payload)
-        except Exception:  # sync mode (reported already), or a bug: a log call never raises
-            self.handleError(record)
+        except Exception:  # sync mode (reported already), a handler whose construction
+            self.handleError(record)  # failed, or a bug: a log call never raises
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
@@ -204,14 +203,17 @@ class InteraktHandler(logging.handlers.QueueHandler):
         ``timeout`` seconds (default ``shutdown_timeout``). The result counts what was queued
         since the previous flush (``delivered``, ``failed``, ``pending``) and is true only when
         all of it was delivered."""
-        return self.pipeline.flush(timeout)
+        pipeline = _pipeline_of(self)
+        return FlushResult() if pipeline is None else pipeline.flush(timeout)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Deliver what is queued and stop; report (or keep in the outbox) what is left.
         ``timeout`` is a hard bound; without it, the close goes on while payloads are being
         delivered and gives up after ``shutdown_timeout`` without any. Idempotent."""
+        pipeline = _pipeline_of(self)
         try:
-            self.pipeline.close(timeout)
+            if pipeline is not None:
+                pipeline.close(timeout)
         finally:
             logging.Handler.close(self)
 
@@ -234,6 +236,14 @@ class _ListenerControls:
 
     def stop(self) -> None:
         self._handler.close()
+
+
+def _pipeline_of(handler: InteraktHandler) -> Optional[Pipeline]:
+    """None for a handler whose construction failed after ``logging.Handler.__init__`` had
+    registered it (a bad setting; dictConfig's "Unable to configure handler"): logging still
+    flushes and closes it at exit, and that must pass quietly."""
+    pipeline: Optional[Pipeline] = handler.__dict__.get("pipeline")
+    return pipeline
 
 
 def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:

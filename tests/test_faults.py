@@ -179,3 +179,37 @@ def test_a_report_made_inside_on_error_reaches_the_counters_but_not_on_error_aga
         handler.close()
 
 
+# -- a handler whose construction failed ------------------------------------------------------
+
+_HALF_BUILT = """
+import logging, logging.config
+
+try:
+    logging.config.dictConfig({
+        "version": 1,
+        "handlers": {"i": {"class": "interakt_logging.InteraktHandler", "api_key": "k", "workers": 0}},
+        "root": {"handlers": ["i"]},
+    })
+except ValueError as exc:
+    kept = exc  # as Django keeps it: the traceback holds the half-built handler
+    print("configuration refused")
+
+handler = next(h for h in logging._handlerList if type(h()).__name__ == "InteraktHandler")()
+handler.handle(logging.makeLogRecord({"msg": "x", "interakt_event": {"user_id": "1"}}))
+print("flush", bool(handler.flush()))
+print(repr(handler))
+"""
+
+
+@pytest.mark.slow
+def test_a_handler_whose_construction_failed_is_harmless_at_exit() -> None:
+    """Issue 9: after dictConfig's "Unable to configure handler", logging.shutdown flushed and
+    closed the half-built handler at exit: AttributeError ... no attribute 'pipeline'."""
+    done = run_python(_HALF_BUILT, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "configuration refused", "flush True", "<InteraktHandler (construction failed)>",
+    ]
+    # handle() reports through logging's handleError, like any broken handler; nothing at exit
+    assert done.stderr.count("Traceback") == 1 and "Logging error" in done.stderr, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr
