@@ -172,6 +172,8 @@ class OutboxBacklog(MemoryBacklog):
         self._cursor = 0  # every row of this owner with id <= _cursor is in memory or finished
         self._next_adoption = 0.0
         self._closed = False
+        self._file_id: Optional[Tuple[int, int]] = None  # (device, inode) of the file we opened
+        self._deleted = False  # that file is no longer at self.path: nothing in it will last
         self._warned: Set[str] = set()
         self._failed: List[Tuple[Exception, Any]] = []  # found under the lock, reported after
         self._leftovers = self._peek()
@@ -197,6 +199,7 @@ class OutboxBacklog(MemoryBacklog):
         """Write the batch in one transaction; the rows' ids become the payloads' seq. When the
         disk refuses the batch, its payloads are reported here, with the cause."""
         with self._lock:
+            self._check_file()
             try:
                 kept, not_kept = self._write(payloads)
             except _FAILURES as exc:
@@ -229,6 +232,12 @@ class OutboxBacklog(MemoryBacklog):
     def keep(self, payloads: List[Payload]) -> List[Payload]:
         """At shutdown: write what is not on disk yet (still queued); return what did not fit
         (or what the disk refused)."""
+        with self._lock:
+            self._check_file()
+            lost = self._all_unfinished(payloads) if self._deleted else None
+        if lost is not None:
+            self._report_failed()
+            return lost
         fresh = [payload for payload in payloads if payload.outbox_id is None]
         if not fresh:
             return []
@@ -308,6 +317,9 @@ class OutboxBacklog(MemoryBacklog):
         if self._closed or self._pid != os.getpid():
             raise sqlite3.OperationalError("the outbox is closed")
         db = _connect(self.path)
+        with contextlib.suppress(OSError):
+            opened = os.stat(self.path)
+            self._file_id = (opened.st_dev, opened.st_ino)
         first = self._owner is None
         if first:
             try:
@@ -374,6 +386,47 @@ class OutboxBacklog(MemoryBacklog):
             self._last_seq = rows[-1][1]
             self._counters.add("outboxed", len(rows))
         return [payload for payload, _ in rows], not_kept
+
+    def _check_file(self) -> None:
+        """Notice, once, that the file this process writes to was deleted or replaced: SQLite
+        goes on writing to the deleted file, which vanishes with the process."""
+        if self._file_id is None or self._deleted:
+            return
+        try:
+            now = os.stat(self.path)
+            still = (now.st_dev, now.st_ino) == self._file_id
+        except OSError:
+            still = False
+        if not still:
+            self._deleted = True
+            logger.warning(
+                "interakt-logging: the outbox %s was deleted or replaced while in use; this "
+                "process goes on delivering from the deleted file, and reports what is left "
+                "in it at exit as lost", self.path,
+            )
+
+    def _all_unfinished(self, payloads: List[Payload]) -> List[Payload]:
+        """At shutdown, once the file is gone: nothing can be kept. ``payloads``, and the rows of
+        this owner that only the deleted file holds (never loaded: past ``_cursor``), for the
+        caller to report as lost."""
+        try:
+            rows = self._conn().execute(
+                "SELECT id, path, body, created FROM outbox WHERE owner = ? AND id > ?"
+                " ORDER BY id", (self._owner, self._cursor),
+            ).fetchall()
+        except _FAILURES as exc:
+            self._warn(exc)
+            rows = []
+        lost = list(payloads)
+        for row_id, path, body, created in rows:
+            self._cursor = row_id  # handed over: a second call does not return it again
+            unusable = _unusable(path, body, created)
+            if unusable is None:
+                lost.append(Payload(path, bytes(body), created))
+            else:
+                self._failed.append((unusable, _message(path, body, created)))
+        self._rows = len(self._in_flight)  # none left to count as kept
+        return lost
 
     def _fail_fresh(self, error: Exception, reported: Dict[str, Any]) -> None:
         """A payload just drained from the queue that cannot be stored: reported once the lock

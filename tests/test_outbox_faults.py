@@ -310,3 +310,31 @@ def test_outbox_files_are_private_whatever_the_umask(
     locks = [name for name in modes if name.startswith("outbox.sqlite3.owners/")]
     assert len(locks) == 1 and locks[0].endswith(".lock")
     assert modes == {name: 0o700 if name.endswith(".owners") else 0o600 for name in modes}
+
+
+def test_an_outbox_file_deleted_while_in_use_reports_what_it_held_at_exit(
+    tmp_path: Path, logger: logging.Logger, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: SQLite went on writing to the deleted file, close() said "8 kept in the outbox",
+    # and the 8 payloads vanished with the process, unreported.
+    outbox = tmp_path / "outbox.sqlite3"
+    errors: list[Exception] = []
+    lost: list[str] = []
+    with MockInteraktServer(responder=lambda request: Reply(503)) as down:
+        # batch_size=2: two rows in memory, the rest only in the file
+        handler = InteraktHandler(outbox=str(outbox), host=down.url, max_retries=100,
+                                  batch_size=2, workers=1, shutdown_timeout=0.2,
+                                  on_error=lambda e, p: (errors.append(e), lost.append(p["body"]["userId"])))
+        log_events(logger, handler, 5, "A")
+        wait_until(lambda: handler.stats()["outboxed"] == 5, lambda: str(handler.stats()))
+        for leftover in tmp_path.glob("outbox.sqlite3*"):
+            if leftover.is_file():
+                leftover.unlink()
+        log_events(logger, handler, 3, "B")
+        wait_until(lambda: handler.stats()["outboxed"] == 8, lambda: str(handler.stats()))
+        handler.close()
+    assert "was deleted or replaced while in use" in caplog.text
+    assert len(errors) == 8 and all(isinstance(e, DeliveryError) for e in errors)
+    assert sorted(lost) == sorted([f"A-{i}" for i in range(5)] + [f"B-{i}" for i in range(3)])
+    assert handler.stats()["failed"] == 8
+    assert "0 kept in the outbox" in caplog.text
