@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import itertools
 import logging
 import re
 import threading
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import orjson
@@ -221,6 +223,27 @@ class NonsenseTimezone(datetime.tzinfo):
         return 5  # not a timedelta
 
 
+class ClassLiar:
+    """An object whose __class__ raises: isinstance() falls back on it, and raises too."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> Any:
+        raise RuntimeError("__class__")
+
+
+class EndlessMapping(Mapping[str, Any]):
+    """A Mapping whose keys never end (one that grows while read behaves the same)."""
+
+    def __getitem__(self, key: str) -> Any:
+        return 1
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"k{i}" for i in itertools.count())
+
+    def __len__(self) -> int:
+        return 1
+
+
 def _cycle() -> dict[str, Any]:
     looped: dict[str, Any] = {"name": "x"}
     looped["self"] = looped
@@ -349,6 +372,12 @@ HOSTILE_TAGS = [
     pytest.param({"user_id": "1", "traits": {"m": UnreadableMapping()}}, "traits.m", "RuntimeError", id="nested-mapping-raises"),
     pytest.param({"user_id": "1", "traits": {"d": datetime.datetime(2026, 1, 1, tzinfo=BrokenTimezone())}}, "traits.d", "NotImplementedError", id="trait-datetime-broken-tzinfo"),
     pytest.param({"user_id": "1", "traits": {"d": datetime.datetime(2026, 1, 1, tzinfo=NonsenseTimezone())}}, "traits.d", "TypeError", id="trait-datetime-nonsense-tzinfo"),
+    pytest.param({"user_id": ClassLiar()}, "user_id", "str or int", id="user-id-class-raises"),
+    pytest.param({"phone_number": ClassLiar()}, "phone_number", "digits", id="phone-class-raises"),
+    pytest.param({"user_id": "1", "traits": {"x": ClassLiar()}}, "traits.x", "__class__", id="trait-class-raises"),
+    pytest.param({"user_id": "1", "created_at": ClassLiar()}, "created_at", "__class__", id="created-at-class-raises"),
+    pytest.param({"user_id": "1", "traits": EndlessMapping()}, "traits", "100,000 items", id="traits-endless-mapping"),
+    pytest.param({"user_id": "1", "traits": {"m": EndlessMapping()}}, "traits.m", "100,000 items", id="nested-endless-mapping"),
 ]
 
 
@@ -386,6 +415,21 @@ def test_a_message_that_cannot_be_formatted_names_the_event(
     handler = make_handler(on_error=lambda e, p: errors.append((e, p)))
     error = _report_of(handler, errors, capsys, caplog, message, args, {"interakt_event": {"user_id": "1"}})
     assert error.field == "event" and "formatted" in error.expected
+
+
+def test_a_str_subclass_is_sent_as_its_text_whatever_it_overrides() -> None:
+    class Sneaky(str):
+        def __str__(self) -> str:
+            raise RuntimeError("str")
+
+        def strip(self, chars: Any = None) -> str:
+            raise RuntimeError("strip")
+
+    tag = {"user_id": Sneaky("u9"), "phone_number": Sneaky("9999"), "country_code": Sneaky("+1"),
+           "created_at": Sneaky("2026-01-01T00:00:00Z")}
+    payload = Payload(*payload_from_tag(EVENTS_PATH, tag, "E", 0.0))
+    assert payload.message()["body"] == {"event": "E", "traits": {}, "userId": "u9", "countryCode": "+1",
+                                         "phoneNumber": "9999", "createdAt": "2026-01-01T00:00:00.000Z"}
 
 
 def test_a_validation_error_describes_any_value() -> None:
@@ -465,6 +509,13 @@ def test_datetimes_are_written_as_orjson_wrote_them(value: Any) -> None:
     _, body, _ = payload_from_tag(EVENTS_PATH, {"user_id": "1", "traits": {"t": value}}, "E", 0.0)
     native = orjson.dumps(value, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
     assert body == b'{"event":"E","traits":{"t":' + native + b'},"userId":"1"}'
+
+
+def test_a_time_of_day_keeps_its_microseconds() -> None:
+    """Found by the property tests: orjson 3.13 writes time(0, 0, 0, 10000) as
+    "00:00:00.10000", a tenth of a second instead of a hundredth; we write it right."""
+    _, body, _ = payload_from_tag(EVENTS_PATH, {"user_id": "1", "traits": {"t": datetime.time(0, 0, 0, 10000)}}, "E", 0.0)
+    assert orjson.loads(body)["traits"]["t"] == "00:00:00.010000"
 
 
 @pytest.mark.slow
