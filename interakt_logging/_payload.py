@@ -92,7 +92,7 @@ def payload_from_tag(
     Total: returns, or raises ValidationError naming the field, whatever the tag holds (a value
     that raises when read, compared or printed, cycles, depth, NaN, huge ints, lone surrogates).
     The checks that need a walk of the traits run only when orjson refused them or wrote a
-    ``null`` (a NaN writes one), so the common call pays for none of them.
+    ``null`` (a NaN writes one): the common call pays a scan of the written bytes (~0.1 µs).
     """
     try:
         if type(tag) is not dict:
@@ -144,7 +144,8 @@ def payload_from_tag(
             data = orjson.dumps(body, default=_to_json, option=_JSON_OPTIONS)
         except TypeError as exc:
             raise _refused(body, exc) from None
-        if data.find(b"null") >= 0 and _may_hold_non_finite(traits):  # (find: 'in' is slower)
+        # orjson writes NaN and infinity as null: a null in traits is a None unless proven not
+        if traits and data.find(b"null") >= 0 and _may_hold_non_finite(traits):
             problem = _body_problem(body)
             if problem is not None:
                 raise ValidationError(*problem)
