@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import logging
+import socket
+import ssl
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import trustme
 
 from interakt_logging import APIError, DeliveryError, InteraktHandler
 from interakt_logging.testing import MockInteraktServer, Reply
@@ -139,3 +147,79 @@ def test_a_redirect_to_the_same_host_is_not_followed_either(
     finally:
         handler.close()
     assert [r.method for r in server.requests] == ["POST"]  # no GET replayed after it
+
+
+# -- over TLS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_dripper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], str]]:
+    """``start(answered)``: an HTTPS server on loopback (its CA trusted via REQUESTS_CA_BUNDLE)
+    that answers the first ``answered`` requests of a connection at once and drips the next
+    one a byte every 0.2 s; returns its URL."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def serve(answered: int) -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls, tls.makefile("rb") as incoming:
+            for count in itertools.count():
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = incoming.readline()
+                    if not line:
+                        return
+                    head += line
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                incoming.read(length)
+                body = b'{"result": true, "message": "Accepted"}'
+                answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                if count < answered:
+                    tls.sendall(answer)
+                    continue
+                for i in range(len(answer)):
+                    if stop.wait(0.2):
+                        return
+                    with contextlib.suppress(OSError):
+                        tls.sendall(answer[i : i + 1])
+
+    def start(answered: int) -> str:
+        thread = threading.Thread(target=serve, args=(answered,), daemon=True)
+        thread.start()
+        threads.append(thread)
+        return f"https://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    stop.set()
+    listener.close()
+    for thread in threads:
+        thread.join(5)
+
+
+@pytest.mark.parametrize("answered", [0, 1], ids=["new-connection", "pooled-connection"])
+def test_a_tls_server_dripping_its_answer_is_ended_at_timeout(
+    tls_dripper: Callable[[int], str], answered: int,
+) -> None:
+    errors: list[Exception] = []
+    handler = InteraktHandler(host=tls_dripper(answered), sync_mode=True, timeout=0.5,
+                              max_retries=0, on_error=lambda error, payload: errors.append(error))
+    try:
+        for i in range(answered):
+            handler.emit(logging.makeLogRecord({"msg": "Order Placed", **event(str(i))}))
+        assert handler.stats()["sent"] == answered and errors == []  # TLS itself works
+        started = time.monotonic()
+        with contextlib.redirect_stderr(io.StringIO()):  # sync mode's logging error line
+            handler.emit(logging.makeLogRecord({"msg": "Order Placed", **event("late")}))
+        assert time.monotonic() - started < 5
+    finally:
+        handler.close()
+    [error] = errors
+    assert isinstance(error, DeliveryError) and error.reason == "Timeout"
