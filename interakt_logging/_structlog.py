@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Optional
 
-from ._errors import ValidationError
+from ._errors import ValidationError, _raised
 from ._handler import InteraktHandler, _tag_of
 from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, parse_created_at
 
@@ -67,12 +67,30 @@ class InteraktProcessor:
         except ValidationError as exc:  # both tags: one record each, as for log records
             self.handler.pipeline.reject(exc, event_dict[EVENT_TAG])
             return
-        name = event_dict.get("event")
+        default_event = None
+        if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
+            try:
+                default_event = _event_name(event_dict.get("event"))
+            except ValidationError as exc:  # bad input like any other: reported, not logged
+                self.handler.pipeline.reject(exc, tag)
+                return
         self.handler.submit(
             "event" if path is EVENTS_PATH else "user", tag,
-            default_event=None if name is None else str(name),
-            created=_created(event_dict.get("timestamp")),
+            default_event=default_event, created=_created(event_dict.get("timestamp")),
         )
+
+
+def _event_name(name: Any) -> Optional[str]:
+    """The event dict's ``event`` as the default event name, as a renderer writes it (str());
+    one whose str() raises is a ValidationError for ``event``."""
+    if name is None or type(name) is str:
+        return name
+    try:
+        return str(name)
+    except Exception as exc:
+        raise ValidationError(
+            "event", name, f"an event name, or an event that str() can write ({_raised(exc)})"
+        ) from None
 
 
 def _created(timestamp: Any) -> float:

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interakt_logging import InteraktHandler, ValidationError, track
+from interakt_logging import InteraktHandler, InteraktProcessor, ValidationError, track
 from interakt_logging._payload import EVENTS_PATH, TRAITS_MAX_DEPTH, payload_from_tag
 from interakt_logging.testing import MockInteraktServer, capture
 
@@ -508,3 +508,32 @@ def test_what_the_docs_accept_is_sent_as_orjson_wrote_it(value: Any) -> None:
     _, body, _ = payload_from_tag(EVENTS_PATH, {"user_id": "1", "traits": {"t": value}}, "E", 0.0)
     native = orjson.dumps({"t": value}, default=_to_json, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
     assert body == b'{"event":"E","traits":' + native + b',"userId":"1"}'
+
+
+@given(tag=tags(hostile), extra=st.fixed_dictionaries({"name": events, "timestamp": created_ats}),
+       rendered=st.booleans())
+def test_the_structlog_processor_never_raises_and_ends_each_tag_one_way(
+    tag: dict[str, Any], extra: dict[str, Any], rendered: bool,
+) -> None:
+    """The processor's door: the event name and the TimeStamper's timestamp come from the
+    event dict (anything a processor before it put there); after a renderer it gets a str.
+    (Name and timestamp are drawn inside a dict: Hypothesis itself trips on a top-level value
+    whose __eq__ raises.)"""
+    name, timestamp = extra["name"], extra["timestamp"]
+    outcome = Outcome()
+    with capture() as captured:
+        handler = handler_for(outcome)
+        try:
+            processor = InteraktProcessor(handler)
+            event_dict: Any = {"event": name, "timestamp": timestamp, "interakt_event": tag}
+            if rendered:
+                event_dict = "event='Order Placed' interakt_event={'user_id': '1'}"
+                assert processor(None, "info", event_dict) is event_dict
+                assert outcome.errors == []
+                return
+            assert processor(None, "info", event_dict) is event_dict
+            assert "interakt_event" not in event_dict
+            assert handler.flush(10)
+        finally:
+            handler.close()
+    check_one_outcome({"event": name, **tag}, [call.body for call in captured], outcome)

@@ -553,3 +553,20 @@ def test_the_processor_passes_anything_but_a_mapping_on_untouched(
     processor = InteraktProcessor(make_handler(on_error=lambda e, p: errors.append(e)))
     assert processor(None, "info", rendered) is rendered
     assert errors == []
+
+
+def test_the_processor_reports_an_event_name_it_cannot_write(
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the property tests: the processor took the event name as str(event_dict["event"]);
+    when that raised, the payload was only logged as an ERROR with a traceback: not given to
+    on_error, not counted. It is bad input like any other now."""
+    errors: list[tuple[Exception, Any]] = []
+    handler = make_handler(on_error=lambda e, p: errors.append((e, p)))
+    event_dict = {"event": BadMessage(), "interakt_event": {"user_id": "1"}}
+    with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+        assert InteraktProcessor(handler)(None, "info", event_dict) == {"event": event_dict["event"]}
+    ((error, payload),) = errors
+    assert isinstance(error, ValidationError) and error.field == "event"
+    assert payload == {"user_id": "1"} and handler.stats()["failed"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
