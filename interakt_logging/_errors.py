@@ -102,6 +102,17 @@ def _raised(exc: BaseException) -> str:
 INTERNAL = "internal"  # DeliveryError.reason when a fault here, not the payload, failed it
 
 
+def internal_error(cause: BaseException, doing: str) -> DeliveryError:
+    """What ``on_error`` receives for a payload that a fault in a part of the pipeline (a bug,
+    or a failing part under it) kept from its way: a DeliveryError whose ``__cause__`` is
+    that fault."""
+    error = DeliveryError(
+        f"not sent: interakt-logging failed while {doing} ({describe(cause)})", INTERNAL
+    )
+    error.__cause__ = cause
+    return error
+
+
 def describe(error: BaseException) -> str:
     """``RuntimeError: boom`` (the message cut at 80 characters), even for an exception whose
     str() raises."""

@@ -3,26 +3,52 @@
 The listener moves payloads from the handler's queue into the backlog a batch at a time (one
 lock round-trip, or one outbox transaction, per batch) and places flush markers; the workers take
 payloads from the backlog and deliver them, up to ``workers`` requests in flight.
+
+No payload and no failing part ends these threads: an exception is reported with the payloads
+it concerns (``reject``) or, concerning none, as a fault, and the thread goes on. Should one end
+anyway (a BaseException, such as ``sys.exit()`` in ``on_error``), what it held is reported, its
+``Supervisor`` hears of it, and the next payload submitted starts a replacement.
 """
 
 from __future__ import annotations
 
-import logging
 import logging.handlers
 import queue
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Protocol, Set
 
 from ._backlog import FlushMarker, MemoryBacklog
 from ._delivery import Abandoned, Delivery
-from ._errors import InteraktError
+from ._errors import InteraktError, internal_error
 from ._payload import Payload
 from ._stats import Counters
 
-logger = logging.getLogger("interakt_logging")
-
 _POLL = 0.25  # how often idle threads look at the stop flag; not a latency
+_FAULT_PAUSE = 0.05  # after a fault that concerned no payload: no busy loop on a broken part
+_FINISH_TRIES = 3  # a payload reported but never finished would be reported again at shutdown
+
+Reject = Callable[[Exception, Any], None]
+# What the listener could not store, and why: None for "not kept" (a full outbox, shutdown).
+NotKept = Callable[[List[Payload], Optional[InteraktError]], None]
+
+
+class Supervisor(Protocol):
+    """What the pipeline's threads tell their owner besides the fate of payloads."""
+
+    def fault(self, what: str, error: BaseException) -> None:
+        """A failure no payload explains; the thread goes on."""
+
+    def thread_died(self, name: str, error: BaseException) -> None:
+        """The thread is ending on ``error``; a replacement is due."""
+
+
+def reported(payload: Payload) -> Any:
+    """What ``on_error`` receives for ``payload``, even when it cannot be rendered."""
+    try:
+        return payload.message()
+    except Exception:
+        return {"path": payload.path, "body": payload.body.decode("utf-8", "replace")}
 
 
 class PayloadListener(logging.handlers.QueueListener):
@@ -33,7 +59,8 @@ class PayloadListener(logging.handlers.QueueListener):
         q: queue.SimpleQueue[Any],
         backlog: MemoryBacklog,
         batch_size: int,
-        on_not_kept: Callable[[List[Payload]], None],
+        on_not_kept: NotKept,
+        supervisor: Supervisor,
     ) -> None:
         super().__init__(q)
         self._queue = q
@@ -41,7 +68,10 @@ class PayloadListener(logging.handlers.QueueListener):
         self.batch_size = batch_size
         self.drained = threading.Event()
         self._on_not_kept = on_not_kept
+        self._supervisor = supervisor
         self._stopping = False
+        self._batch: List[Payload] = []  # taken from the queue, not yet stored nor reported
+        self._ended = False
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -53,35 +83,53 @@ class PayloadListener(logging.handlers.QueueListener):
     def thread(self) -> Optional[threading.Thread]:
         return self._thread
 
+    def replace_if_ended(self) -> None:
+        """Start a new thread if the last one ended on an error."""
+        if self._ended:
+            self._ended = False
+            self.start()
+
     def _monitor(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the thread ends: report what it held, and why
+            batch, self._batch = self._batch, []
+            if batch:
+                self._on_not_kept(batch, internal_error(exc, "moving the payload to the backlog"))
+            self._ended = True
+            self._supervisor.thread_died(threading.current_thread().name, exc)
+
+    def _serve(self) -> None:
         q = self._queue
         backlog = self.backlog
         while not self._stopping:
-            if not backlog.wait_for_room(_POLL):
-                continue
             try:
-                item = q.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-            if not self._drain(item):
-                return
+                if not backlog.wait_for_room(_POLL):
+                    continue
+                try:
+                    item = q.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                if not self._drain(item):
+                    return
+            except Exception as exc:
+                self._supervisor.fault("the listener failed", exc)
+                time.sleep(_FAULT_PAUSE)
 
     def _drain(self, item: Any) -> bool:
         """Move ``item`` and what follows it (up to a batch) into the backlog; False on the
         sentinel."""
         get_nowait = self._queue.get_nowait
-        batch: List[Payload] = []
         try:
             while True:
                 if item is None:  # QueueListener's sentinel
                     return False
                 if type(item) is FlushMarker:
-                    self._store(batch)
-                    batch = []
-                    self.backlog.add_marker(item)
+                    self._store()
+                    self._add_marker(item)
                 else:
-                    batch.append(Payload(*item))
-                    if len(batch) >= self.batch_size:
+                    self._batch.append(Payload(*item))
+                    if len(self._batch) >= self.batch_size:
                         break
                 try:
                     item = get_nowait()
@@ -89,14 +137,31 @@ class PayloadListener(logging.handlers.QueueListener):
                     break
             return True
         finally:
-            self._store(batch)
+            self._store()
             self.drained.set()
 
-    def _store(self, batch: List[Payload]) -> None:
-        if batch:
+    def _store(self) -> None:
+        """Hand the batch to the backlog; report what it could not keep or refused with an
+        error. Never raises an Exception."""
+        batch = self._batch
+        if not batch:
+            return
+        try:
             not_kept = self.backlog.put_batch(batch)
-            if not_kept:
-                self._on_not_kept(not_kept)
+        except Exception as exc:
+            self._batch = []
+            self._on_not_kept(batch, internal_error(exc, "storing the payload in the backlog"))
+            return
+        self._batch = []
+        if not_kept:
+            self._on_not_kept(not_kept, None)
+
+    def _add_marker(self, marker: FlushMarker) -> None:
+        try:
+            self.backlog.add_marker(marker)
+        except Exception as exc:  # the flush waiting on it returns False now, not at its timeout
+            marker.done.set()
+            self._supervisor.fault("the listener could not place a flush marker", exc)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Ask the thread to end and wait for it at most ``timeout`` seconds."""
@@ -118,22 +183,41 @@ class Workers:
         backlog: MemoryBacklog,
         delivery: Delivery,
         counters: Counters,
-        reject: Callable[[Exception, Any], None],
+        reject: Reject,
         stop: threading.Event,
+        supervisor: Supervisor,
     ) -> None:
         self._backlog = backlog
         self._delivery = delivery
         self._counters = counters
         self._reject = reject
         self._stop = stop
-        self.threads = [
-            threading.Thread(target=self._run, name=f"interakt-logging-sender-{i}", daemon=True)
-            for i in range(count)
-        ]
+        self._supervisor = supervisor
+        self._ended: Set[int] = set()  # indexes of the threads that ended on an error
+        self.threads = [self._thread(i) for i in range(count)]
+
+    def _thread(self, index: int) -> threading.Thread:
+        return threading.Thread(
+            target=self._run, args=(index,), name=f"interakt-logging-sender-{index}", daemon=True
+        )
 
     def start(self) -> None:
         for thread in self.threads:
             thread.start()
+
+    def replace_ended(self) -> None:
+        """Start a new thread in place of each one that ended on an error."""
+        while True:
+            try:
+                index = self._ended.pop()  # atomic: each ended thread is replaced once
+            except KeyError:
+                return
+            thread = self.threads[index] = self._thread(index)
+            try:
+                thread.start()
+            except RuntimeError:  # the interpreter is exiting: the exit drain takes over
+                self._ended.add(index)
+                raise
 
     def join(self, deadline: float) -> None:
         """Wait for the threads to end, all of them together until ``deadline`` (monotonic)."""
@@ -142,33 +226,69 @@ class Workers:
             if thread.is_alive() and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         backlog, stop = self._backlog, self._stop
-        while not stop.is_set():
-            payload = backlog.take(_POLL)
-            if payload is None:
-                continue
-            error: Optional[Exception] = None
-            try:
-                delivered, delay = self._delivery.attempt(payload)
-                if not delivered:
-                    backlog.retry_later(payload, delay)
+        held: Optional[Payload] = None  # taken from the backlog, not yet settled or handed back
+        try:
+            while not stop.is_set():
+                try:
+                    held = backlog.take(_POLL)
+                except Exception as exc:
+                    self._supervisor.fault("a sender could not take from the backlog", exc)
+                    stop.wait(_FAULT_PAUSE)
                     continue
-            except Abandoned:
-                return  # the backlog still lists it: shutdown reports or keeps it
-            except InteraktError as exc:
-                error = exc
-            except Exception as exc:  # pragma: no cover - a bug; keep the worker alive
-                logger.exception("interakt-logging: unexpected error while sending")
-                error = exc
-            self._settle(payload, error)
+                if held is None:
+                    continue
+                payload = held
+                error: Optional[Exception] = None
+                try:
+                    delivered, delay = self._delivery.attempt(payload)
+                    if not delivered:
+                        backlog.retry_later(payload, delay)
+                        held = None
+                        continue
+                except Abandoned:
+                    return  # the backlog still lists it: shutdown reports or keeps it
+                except InteraktError as exc:
+                    error = exc
+                except Exception as exc:  # a bug, or a failing part: fail this payload only
+                    error = internal_error(exc, "sending the payload")
+                held = None
+                self._settle(payload, error)
+        except BaseException as exc:  # the thread ends: settle what it held, and say why
+            if held is not None:
+                self._settle(held, internal_error(exc, "sending the payload"))
+            self._ended.add(index)
+            self._supervisor.thread_died(threading.current_thread().name, exc)
 
     def _settle(self, payload: Payload, error: Optional[Exception]) -> None:
         """Count and report first, then finish: a flush waiting on this payload returns only
-        after on_error has run."""
-        if self._backlog.begin_settle(payload):
+        after on_error has run. Never raises an Exception."""
+        delivered = error is None
+        try:
+            try:
+                ours = self._backlog.begin_settle(payload)
+            except Exception as exc:  # cannot tell whether shutdown took it over: report it
+                self._supervisor.fault("a sender could not settle a payload", exc)
+                ours = True
+            if not ours:
+                return
             if error is None:
                 self._counters.add("sent")
             else:
-                self._reject(error, payload.message())
-        self._backlog.finish(payload, delivered=error is None)
+                self._reject(error, reported(payload))
+        finally:
+            self._finish(payload, delivered)
+
+    def _finish(self, payload: Payload, delivered: bool) -> None:
+        """Tell the backlog, retrying a failure: a payload never finished holds up every
+        flush, and shutdown would report it once more."""
+        for tries in range(1, _FINISH_TRIES + 1):
+            try:
+                self._backlog.finish(payload, delivered=delivered)
+                return
+            except Exception as exc:
+                if tries == _FINISH_TRIES:
+                    self._supervisor.fault("a sender could not finish a payload", exc)
+                    return
+                self._stop.wait(_FAULT_PAUSE)

@@ -98,8 +98,9 @@ class Pipeline:
         self.queue: queue.SimpleQueue[Union[QueuedPayload, FlushMarker, None]] = (
             queue.SimpleQueue()
         )
-        # bound once: submit() runs on every tagged logging call
-        self._put = self.queue.put
+        # bound once: submit() runs on every tagged logging call. After a thread of the
+        # pipeline ended on an error, _put is _replace_then_put until a replacement started.
+        self._put: Callable[[QueuedPayload], None] = self.queue.put
         self._queued = self.queue.qsize
         self._max_queued = s.max_queue_size
         self._bump_enqueued = self.counters.bump_enqueued
@@ -111,9 +112,11 @@ class Pipeline:
             self.transport, self.flow, self.counters, s.max_retries, self._stop
         )
         self.backlog = self._make_backlog()
-        self.listener = PayloadListener(self.queue, self.backlog, s.batch_size, self._not_kept)
+        self.listener = PayloadListener(
+            self.queue, self.backlog, s.batch_size, self._not_kept, self
+        )
         self.workers = Workers(
-            s.workers, self.backlog, self.delivery, self.counters, self.reject, self._stop
+            s.workers, self.backlog, self.delivery, self.counters, self.reject, self._stop, self
         )
 
     def _make_backlog(self) -> MemoryBacklog:
@@ -239,6 +242,28 @@ class Pipeline:
                 self._drain_at_multiprocessing_exit()
             return True
 
+    # -- threads that end on an error (Supervisor) ---------------------------------------------
+
+    def fault(self, what: str, error: BaseException) -> None:
+        self.reporter.fault(what, error)
+
+    def thread_died(self, name: str, error: BaseException) -> None:
+        """Report it and have the next submit start a replacement: swapping what submit calls
+        costs the hot path nothing, where checking the threads on every call would not."""
+        self.reporter.fault(f"the thread {name} ended; the next payload starts a new one", error)
+        self._put = self._replace_then_put
+
+    def _replace_then_put(self, payload: QueuedPayload) -> None:
+        with self._state_lock:
+            self._put = self.queue.put  # first: a thread ending from now on swaps it again
+            if self._started and not self._closed and self._pid == os.getpid():
+                try:
+                    self.listener.replace_if_ended()
+                    self.workers.replace_ended()
+                except RuntimeError:  # interpreter shutting down: the exit drain takes over
+                    pass
+        self.queue.put(payload)
+
     def _drain_at_multiprocessing_exit(self) -> None:
         """A fork-started multiprocessing child ends with os._exit(), which skips atexit; its
         finalizers still run, so the exit drain is registered there too (close is idempotent)."""
@@ -248,14 +273,15 @@ class Pipeline:
 
             multiprocessing.util.Finalize(None, self.close, exitpriority=100)
 
-    def _not_kept(self, payloads: List[Payload]) -> None:
-        """The listener could not hand these to the backlog: the outbox is full, or shutdown
-        has taken stock already."""
+    def _not_kept(self, payloads: List[Payload], error: Optional[InteraktError]) -> None:
+        """The listener could not hand these to the backlog: ``error`` (the backlog failed), or
+        when None, the outbox is full or shutdown has taken stock already."""
         self.backlog.count_failed(len(payloads))
-        error: InteraktError = (
-            DeliveryError(_CLOSED, "closed") if self._ending
-            else QueueFullError("outbox full; payload dropped")
-        )
+        if error is None:
+            error = (
+                DeliveryError(_CLOSED, "closed") if self._ending
+                else QueueFullError("outbox full; payload dropped")
+            )
         for payload in payloads:
             self.reject(error, payload.message())
 

@@ -7,15 +7,20 @@ on each thread raises, so a part that is called again on the same thread succeed
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
+import threading
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
-from interakt_logging import InteraktHandler
+from interakt_logging import APIError, DeliveryError, InteraktHandler
+from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
 
-from .conftest import run_python
+from .conftest import log_from_threads, run_python, wait_until
 
 
 @pytest.fixture
@@ -34,6 +39,217 @@ def library_log() -> Iterator[list[logging.LogRecord]]:
     log.removeHandler(keep)
     for f in list(log.filters):
         log.removeFilter(f)
+
+
+# -- a part that fails, a thread that ends -------------------------------------------------
+
+THREADS = 8
+PER_THREAD = 40
+EVERY = 3
+
+
+class Injected(RuntimeError):
+    """The fault the tests inject."""
+
+
+class Schedule:
+    """Raise on every ``every``-th call per thread; counts what it raised."""
+
+    def __init__(self, every: int = EVERY) -> None:
+        self.every = every
+        self.raised = 0
+        self._calls = threading.local()
+
+    def due(self) -> bool:
+        calls = getattr(self._calls, "n", 0) + 1
+        self._calls.n = calls
+        if calls % self.every:
+            return False
+        self.raised += 1  # racy between threads, but only "> 0" is asserted
+        return True
+
+    def wrap(self, target: object, name: str) -> None:
+        """Make ``target.name`` raise on schedule, before doing anything."""
+        method: Callable[..., Any] = getattr(target, name)
+
+        @functools.wraps(method)
+        def faulty(*args: Any, **kwargs: Any) -> Any:
+            if self.due():
+                raise Injected(f"injected fault in {name}")
+            return method(*args, **kwargs)
+
+        setattr(target, name, faulty)
+
+
+class RaisingFilter(logging.Filter):
+    """A broken logging setup under the reporter: filtering raises on schedule."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.schedule.due():
+            raise Injected("injected fault in logging")
+        return True
+
+
+class Outcomes:
+    """on_error's records: the user ids it was told about, and what it was told."""
+
+    def __init__(self, schedule: Schedule | None = None) -> None:
+        self.schedule = schedule
+        self.lock = threading.Lock()
+        self.user_ids: list[str] = []
+        self.errors: list[Exception] = []
+
+    def on_error(self, error: Exception, payload: Any) -> None:
+        with self.lock:
+            self.errors.append(error)
+            self.user_ids.append(payload["body"]["userId"])
+        if self.schedule is not None and self.schedule.due():
+            raise Injected("injected fault in on_error")
+
+
+STAGES = {
+    "transport": [("transport", "post")],
+    "backlog.put_batch": [("backlog", "put_batch")],
+    "backlog.take": [("backlog", "take")],
+    "backlog.finish": [("backlog", "finish")],
+    "outbox": [("backlog", "put_batch"), ("backlog", "take"), ("backlog", "finish")],
+    "reporter": [("reporter", "_warn")],  # and logging under it (RaisingFilter)
+    "on_error": [],
+    "all at once": [
+        ("transport", "post"), ("backlog", "put_batch"), ("backlog", "take"),
+        ("backlog", "finish"), ("reporter", "_warn"),
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_failing_stage_kills_no_thread_and_loses_no_payload(
+    stage: str,
+    server: MockInteraktServer,
+    tmp_path: Path,
+    library_log: list[logging.LogRecord],
+) -> None:
+    """While 8 threads log, one part of the pipeline raises on every third call (and the API
+    refuses one user in ten, so there are reports besides). Every payload is then delivered or
+    reported to on_error, exactly once, and every thread lives on."""
+    server.responder = refuse_users_ending_in_7
+    schedule = Schedule()
+    outcomes = Outcomes(schedule if stage in ("on_error", "all at once") else None)
+    options: dict[str, Any] = {"outbox": str(tmp_path / "outbox.sqlite3")} if stage == "outbox" else {}
+    handler = InteraktHandler(
+        host=server.url, on_error=outcomes.on_error, batch_size=10, **options
+    )
+    pipeline = handler.pipeline
+    for part, method in STAGES[stage]:
+        schedule.wrap(getattr(pipeline, part), method)
+    if stage in ("reporter", "all at once"):
+        logging.getLogger("interakt_logging").addFilter(RaisingFilter(schedule))
+    try:
+        logged = log_from_threads(handler, THREADS, PER_THREAD)
+        threads = [pipeline.listener.thread, *pipeline.workers.threads]
+        flushed = handler.flush(30)
+        assert flushed.pending == 0, flushed
+
+        delivered = [body["userId"] for body in server.events()]
+        assert (flushed.delivered, flushed.failed) == (len(delivered), len(outcomes.user_ids))
+        assert len(delivered) + len(outcomes.user_ids) == len(logged)
+        assert sorted(delivered + outcomes.user_ids) == sorted(logged)  # each once, none lost
+        assert schedule.raised > 0
+        assert all(isinstance(e, (APIError, DeliveryError)) for e in outcomes.errors)
+        stats = handler.stats()
+        assert stats["sent"] == len(delivered)
+        assert stats["failed"] + stats["dropped"] == len(outcomes.user_ids)
+        # the same threads, all alive: none had to be replaced
+        assert [pipeline.listener.thread, *pipeline.workers.threads] == threads
+        assert all(t is not None and t.is_alive() for t in threads)
+        assert not [r for r in library_log if "ended" in r.getMessage()]
+    finally:
+        handler.close()
+
+
+def refuse_users_ending_in_7(request: RecordedRequest) -> Reply | None:
+    if str(request.body.get("userId")).endswith("7"):
+        return Reply(400, {"result": False, "message": "refused by the test"})
+    return None
+
+
+class Fatal(BaseException):
+    """Not an Exception: what no per-payload handler catches."""
+
+
+def fatal_once(target: object, name: str) -> None:
+    """Make the first call of ``target.name`` raise Fatal."""
+    method: Callable[..., Any] = getattr(target, name)
+    fired = threading.Event()
+
+    @functools.wraps(method)
+    def dies_once(*args: Any, **kwargs: Any) -> Any:
+        if not fired.is_set():
+            fired.set()
+            raise Fatal(f"escapes every handler, from {name}")
+        return method(*args, **kwargs)
+
+    setattr(target, name, dies_once)
+
+
+def pipeline_threads(handler: InteraktHandler) -> list[threading.Thread]:
+    pipeline = handler.pipeline
+    return [t for t in [pipeline.listener.thread, *pipeline.workers.threads] if t is not None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sender", "listener", "on_error calls sys.exit()"])
+def test_a_thread_that_ends_is_reported_once_and_replaced_by_the_next_submit(
+    how: str, server: MockInteraktServer, library_log: list[logging.LogRecord]
+) -> None:
+    """A BaseException ends a thread of the pipeline: the payload it held is reported, not
+    lost; the end is logged once, at ERROR, with its traceback; the next log call starts a
+    replacement, and delivery goes on."""
+    outcomes = Outcomes()
+
+    def on_error(error: Exception, payload: Any) -> None:
+        outcomes.on_error(error, payload)
+        if how == "on_error calls sys.exit()":
+            sys.exit(1)
+
+    handler = InteraktHandler(host=server.url, on_error=on_error, workers=2)
+    if how == "sender":
+        fatal_once(handler.pipeline.transport, "post")
+    elif how == "listener":
+        fatal_once(handler.pipeline.backlog, "put_batch")
+    else:
+        server.script(Reply(400, {"result": False, "message": "refused by the test"}))
+    log = logging.getLogger(f"test.faults.{how}")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        log.warning("first", extra={"interakt_event": {"user_id": "held"}})
+        wait_until(lambda: outcomes.user_ids == ["held"], lambda: f"{outcomes.user_ids}")
+        wait_until(lambda: sum(t.is_alive() for t in pipeline_threads(handler)) == 2,
+                   lambda: f"{pipeline_threads(handler)}")  # of 3
+        (error,) = outcomes.errors
+        if how == "on_error calls sys.exit()":
+            assert isinstance(error, APIError)
+        else:
+            assert isinstance(error, DeliveryError) and isinstance(error.__cause__, Fatal)
+        (ended,) = [r for r in library_log if "ended" in r.getMessage()]
+        assert ended.levelno == logging.ERROR and ended.exc_info is not None
+        assert ended.exc_info[0] is (SystemExit if how.startswith("on_error") else Fatal)
+
+        log.warning("second", extra={"interakt_event": {"user_id": "after"}})
+        assert handler.flush(10).pending == 0
+        assert len(pipeline_threads(handler)) == 3
+        assert all(t.is_alive() for t in pipeline_threads(handler))  # replaced
+        assert [body["userId"] for body in server.events()] == ["after"]
+        assert len([r for r in library_log if "ended" in r.getMessage()]) == 1
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 # -- re-entry on the calling thread: signal handlers and on_error ---------------------------
