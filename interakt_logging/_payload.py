@@ -234,14 +234,14 @@ def _user_id_text(user_id: Any) -> str:
 
 def _add_phone(body: dict[str, Any], phone_number: Any, country_code: Any) -> None:
     """Add ``countryCode`` and ``phoneNumber`` (an empty phone number counts as none)."""
-    phone = _text_of(phone_number)
+    phone = phone_number if type(phone_number) is str else _text_of(phone_number)
     if phone == "":
         return
     if phone is None or not (phone.isascii() and phone.isdigit()):
         raise ValidationError(
             "phone_number", phone_number, "a str of digits 0-9, without the country code"
         )
-    code = _text_of(country_code)
+    code = country_code if type(country_code) is str else _text_of(country_code)
     if code not in _calling_codes():
         raise ValidationError(
             "country_code", country_code, "'+' and an ITU calling code, such as '+91' or '+1'"
@@ -272,6 +272,9 @@ def parse_created_at(value: Any, field: str = "created_at") -> float:
     Only times ``format_created`` can write are accepted: 1970 to 9999, finite; an epoch that
     is in range once divided by 1000 is called what it most likely is, milliseconds.
     """
+    kind = type(value)
+    if (kind is float or kind is int) and CREATED_MIN <= value <= CREATED_MAX:
+        return float(value)  # epoch seconds, the common case: no further question to ask
     try:
         if isinstance(value, dt.datetime):
             moment = value
