@@ -32,7 +32,7 @@ from interakt_logging._payload import EVENTS_PATH, TRAITS_MAX_DEPTH, payload_fro
 from interakt_logging.testing import MockInteraktServer, capture
 
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, derandomize=True, database=None,
+    "ci", max_examples=200, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.function_scoped_fixture],
 )
@@ -435,7 +435,7 @@ def module_server() -> Iterator[MockInteraktServer]:
         yield srv
 
 
-@settings(max_examples=25)
+@settings(max_examples=40)
 @given(batch=st.lists(tags(json_like | hostile), min_size=1, max_size=8))
 def test_over_http_every_tag_is_delivered_as_strict_json_or_reported(
     module_server: MockInteraktServer, batch: list[dict[str, Any]],
