@@ -6,6 +6,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -81,10 +82,6 @@ class InteraktHandler(logging.handlers.QueueHandler):
             outbox=outbox, outbox_max_bytes=outbox_max_bytes,
         )
         self.pipeline = Pipeline(self.settings)
-        # what emit() does with a payload, chosen once: it runs on every tagged logging call
-        self._enqueue: Callable[[QueuedPayload], Any] = (
-            self._send_now if sync_mode else self.pipeline.submit
-        )
         if self.settings.api_key is None:
             # Like Sentry without a DSN: the app (and every manage.py command) starts; what
             # would have been sent is reported, so the missing key cannot go unnoticed.
@@ -92,7 +89,9 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 "interakt-logging: no API key: set %s (or pass api_key=); tagged records are "
                 "reported to on_error as failed and not sent", API_KEY_ENV,
             )
-            self._enqueue = self._refuse_without_key
+        self._reopen_lock = threading.Lock()
+        # what emit() does with a payload, chosen once: it runs on every tagged logging call
+        self._enqueue: Callable[[QueuedPayload], Any] = self._open_enqueue()
 
     # QueueHandler API: the queue and the listener are the pipeline's.
     @property
@@ -163,6 +162,21 @@ class InteraktHandler(logging.handlers.QueueHandler):
         """Queue the payload (or, in sync mode, send it now)."""
         self._enqueue(payload)
 
+    def _open_enqueue(self) -> Callable[[QueuedPayload], Any]:
+        if self.settings.api_key is None:
+            return self._refuse_without_key
+        return self._send_now if self.settings.sync_mode else self.pipeline.submit
+
+    def _reopen(self, payload: QueuedPayload) -> None:
+        """A record after close(): a later dictConfig (uvicorn's, Django's) closes every handler
+        it replaces, though a logger may go on using it. Start a fresh pipeline, as a stdlib
+        FileHandler reopens its file."""
+        with self._reopen_lock:
+            if self._enqueue == self._reopen:
+                self.pipeline = Pipeline(self.settings)
+                self._enqueue = self._open_enqueue()
+        self._enqueue(payload)
+
     def _refuse_without_key(self, payload: QueuedPayload) -> None:
         if capturing():  # testing.capture() needs no key
             self.pipeline.submit(payload)
@@ -209,12 +223,14 @@ class InteraktHandler(logging.handlers.QueueHandler):
     def close(self, timeout: Optional[float] = None) -> None:
         """Deliver what is queued and stop; report (or keep in the outbox) what is left.
         ``timeout`` is a hard bound; without it, the close goes on while payloads are being
-        delivered and gives up after ``shutdown_timeout`` without any. Idempotent."""
+        delivered and gives up after ``shutdown_timeout`` without any. Idempotent; a record
+        handled later starts a fresh pipeline (see ``_reopen``)."""
         pipeline = _pipeline_of(self)
         try:
             if pipeline is not None:
                 pipeline.close(timeout)
         finally:
+            self._enqueue = self._reopen
             logging.Handler.close(self)
 
     def stats(self) -> Dict[str, Any]:
