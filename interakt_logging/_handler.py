@@ -10,6 +10,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from . import _exit_paths
 from ._backlog import FlushResult
 from ._errors import InteraktError, ValidationError, _raised
 from ._payload import (
@@ -82,6 +83,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             outbox=outbox, outbox_max_bytes=outbox_max_bytes,
         )
         self.pipeline = Pipeline(self.settings)
+        _exit_paths.install()  # SIGTERM's default action would skip the exit drain
         if self.settings.api_key is None:
             # Like Sentry without a DSN: the app (and every manage.py command) starts; what
             # would have been sent is reported, so the missing key cannot go unnoticed.

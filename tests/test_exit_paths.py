@@ -1,0 +1,75 @@
+"""SIGTERM with its default action skips atexit: the handler's own SIGTERM handler drains first,
+and the process still dies of the signal. It never takes a handler the app set, acts only in
+the main thread, and INTERAKT_EXIT_HOOKS=0 turns it off. Each case in a real subprocess."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from interakt_logging.testing import MockInteraktServer
+
+from .conftest import run_python
+
+pytestmark = pytest.mark.slow
+
+SIGTERM_ACTION = """
+import logging, signal, threading
+from interakt_logging import InteraktHandler, _exit_paths
+{before}
+def action():
+    current = signal.getsignal(signal.SIGTERM)
+    if current is signal.SIG_DFL:
+        return "default"
+    return "ours" if current is _exit_paths.drain_then_die else "the app's"
+{build}
+print(action())
+"""
+
+
+@pytest.mark.parametrize(("before", "build", "env", "expected"), [
+    ("", "InteraktHandler()", {}, "ours"),
+    ("", "InteraktHandler()", {"INTERAKT_EXIT_HOOKS": "0"}, "default"),
+    ("", "t = threading.Thread(target=InteraktHandler); t.start(); t.join()", {}, "default"),
+    ("signal.signal(signal.SIGTERM, lambda *a: None)", "InteraktHandler()", {}, "the app's"),
+], ids=["default-action", "opted-out", "not-main-thread", "app-handler"])
+def test_what_is_installed_for_sigterm(
+    before: str, build: str, env: dict[str, str], expected: str, server: MockInteraktServer
+) -> None:
+    done = run_python(SIGTERM_ACTION.format(before=before, build=build),
+                      env={"INTERAKT_HOST": server.url, **env})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+KILLED = """
+import logging, os, signal
+from interakt_logging import InteraktHandler
+log = logging.getLogger("shop")
+log.setLevel(logging.INFO)
+log.addHandler(InteraktHandler(shutdown_timeout=1, on_error=lambda error, payload: print(
+    "reported", payload["body"]["userId"], type(error).__name__, flush=True)))
+for i in range(50):
+    log.info("Order Placed", extra={"interakt_event": {"user_id": str(i)}})
+os.kill(os.getpid(), signal.SIGTERM)
+print("still alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("api", ["answers", "hangs"])
+def test_a_process_killed_by_sigterm_delivers_or_reports_then_dies_of_it(
+    api: str, server: MockInteraktServer
+) -> None:
+    server.latency = 0.05
+    server.hang = api == "hangs"
+    done = run_python(KILLED, env={"INTERAKT_HOST": server.url})
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "still alive" not in done.stdout
+    delivered = {r.body["userId"] for r in server.delivered}
+    reported = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("reported")}
+    assert delivered | reported == set(map(str, range(50))) and not delivered & reported
+    if api == "answers":
+        assert delivered == set(map(str, range(50)))
+    else:
+        assert "DeliveryError" in done.stdout
