@@ -218,15 +218,26 @@ class InteraktHandler(logging.handlers.QueueHandler):
         """Wait until everything queued before the call is delivered or failed, at most
         ``timeout`` seconds (default ``shutdown_timeout``). The result counts what was queued
         since the previous flush (``delivered``, ``failed``, ``pending``) and is true only when
-        all of it was delivered."""
+        all of it was delivered. Under logging's module lock (a configuration call replacing
+        handlers) it does not wait: see ``close``."""
         pipeline = _pipeline_of(self)
-        return FlushResult() if pipeline is None else pipeline.flush(timeout)
+        if pipeline is None:
+            return FlushResult()
+        return pipeline.flush(0 if _holding_logging_lock() else timeout)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Deliver what is queued and stop; report (or keep in the outbox) what is left.
         ``timeout`` is a hard bound; without it, the close goes on while payloads are being
         delivered and gives up after ``shutdown_timeout`` without any. Idempotent; a record
-        handled later starts a fresh pipeline (see ``_reopen``)."""
+        handled later starts a fresh pipeline (see ``_reopen``).
+
+        Called by dictConfig or fileConfig replacing their handlers (they hold logging's module
+        lock meanwhile), it does not wait: a sender thread that logs needs that lock, so the
+        wait would only run out its time. The pipeline goes on for the loggers that still use
+        this handler, and the exit drain ends it."""
+        if _holding_logging_lock():
+            logging.Handler.close(self)
+            return
         pipeline = _pipeline_of(self)
         try:
             if pipeline is not None:
@@ -262,6 +273,13 @@ def _pipeline_of(handler: InteraktHandler) -> Optional[Pipeline]:
     flushes and closes it at exit, and that must pass quietly."""
     pipeline: Optional[Pipeline] = handler.__dict__.get("pipeline")
     return pipeline
+
+
+def _holding_logging_lock() -> bool:
+    """Whether this thread holds the logging module's lock (private, but the only way to know
+    that a configuration call is closing us; an RLock's ``_is_owned`` is what Condition uses)."""
+    is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
+    return bool(is_owned is not None and is_owned())
 
 
 def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
