@@ -248,21 +248,26 @@ class Pipeline:
         self.reporter.fault(what, error)
 
     def thread_died(self, name: str, error: BaseException) -> None:
-        """Report it and have the next submit start a replacement: swapping what submit calls
-        costs the hot path nothing, where checking the threads on every call would not."""
+        """Report it and have the next submit (or flush, or close) start a replacement:
+        swapping what submit calls costs the hot path nothing, where checking the threads on
+        every call would not."""
         self.reporter.fault(f"the thread {name} ended; the next payload starts a new one", error)
         self._put = self._replace_then_put
 
     def _replace_then_put(self, payload: QueuedPayload) -> None:
+        self._replace_ended_threads()
+        self.queue.put(payload)
+
+    def _replace_ended_threads(self) -> None:
+        """Start a new thread for each one that ended on an error. Cheap when none did."""
         with self._state_lock:
             self._put = self.queue.put  # first: a thread ending from now on swaps it again
-            if self._started and not self._closed and self._pid == os.getpid():
+            if self._started and self._pid == os.getpid():
                 try:
                     self.listener.replace_if_ended()
                     self.workers.replace_ended()
                 except RuntimeError:  # interpreter shutting down: the exit drain takes over
                     pass
-        self.queue.put(payload)
 
     def _drain_at_multiprocessing_exit(self) -> None:
         """A fork-started multiprocessing child ends with os._exit(), which skips atexit; its
@@ -305,6 +310,7 @@ class Pipeline:
             return FlushResult()  # nothing of this process is queued
         if self._own_thread():  # on_error on a sender thread: waiting would wait for itself
             return FlushResult(pending=self.pending())
+        self._replace_ended_threads()  # or what they held up would wait for the next log call
         marker = FlushMarker(ahead=self.queue.qsize())
         self.queue.put(marker)
         marker.done.wait(timeout)
@@ -334,6 +340,7 @@ class Pipeline:
                 self._closed = True
                 self._closing = FlushMarker()
                 if self._running_here() and not self._own_thread():
+                    self._replace_ended_threads()  # to deliver what they held up
                     self.queue.put(self._closing)
                 else:  # nothing to wait for, or we are the thread that would do the work
                     self._closing.done.set()

@@ -252,6 +252,53 @@ def test_a_thread_that_ends_is_reported_once_and_replaced_by_the_next_submit(
         handler.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["flush", "close"])
+def test_a_listener_that_ends_with_payloads_queued_is_replaced_by_flush_and_close(
+    then: str, server: MockInteraktServer, library_log: list[logging.LogRecord]
+) -> None:
+    """The listener ends while payloads logged before its end wait in the queue, and no log
+    call follows to replace it: flush() and close() start the replacement themselves, so
+    those payloads are delivered, not left pending (flush) or reported lost (close)."""
+    outcomes = Outcomes()
+    handler = InteraktHandler(
+        host=server.url, on_error=outcomes.on_error, batch_size=1, shutdown_timeout=2
+    )
+    storing, all_logged = threading.Event(), threading.Event()
+    put_batch = handler.pipeline.backlog.put_batch
+
+    def dies_after_the_others_are_queued(batch: Any) -> Any:
+        if not all_logged.is_set():
+            storing.set()
+            all_logged.wait(10)
+            raise Fatal("ends the listener")
+        return put_batch(batch)
+
+    handler.pipeline.backlog.put_batch = dies_after_the_others_are_queued  # type: ignore[method-assign]
+    log = logging.getLogger(f"test.faults.queued.{then}")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        log.warning("x", extra={"interakt_event": {"user_id": "held"}})
+        assert storing.wait(10)
+        for user in ("queued-1", "queued-2"):
+            log.warning("x", extra={"interakt_event": {"user_id": user}})
+        all_logged.set()
+        wait_until(lambda: outcomes.user_ids == ["held"], lambda: f"{outcomes.user_ids}")
+        first = handler.pipeline.listener.thread
+        assert first is not None
+        first.join(10)
+        if then == "flush":
+            assert handler.flush(10).pending == 0
+        else:
+            handler.close()
+        assert sorted(body["userId"] for body in server.events()) == ["queued-1", "queued-2"]
+        assert outcomes.user_ids == ["held"]
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
 # -- re-entry on the calling thread: signal handlers and on_error ---------------------------
 
 _SIGNAL_INSIDE_THE_REPORTER = """
