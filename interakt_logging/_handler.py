@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from . import _exit_paths
 from ._backlog import FlushResult
 from ._errors import InteraktError, ValidationError, _raised
+from ._misspelt import FORMATTED_RECORD_SIZE, PLAIN_RECORD_SIZE, check_extras
 from ._payload import (
     EVENT_TAG,
     EVENTS_PATH,
@@ -124,9 +125,18 @@ class InteraktHandler(logging.handlers.QueueHandler):
     # -- the hot path ---------------------------------------------------------------------------
 
     def handle(self, record: logging.LogRecord) -> Any:
-        """Untagged records return at once: no formatting, no copying, no lock."""
+        """Untagged records return at once: no formatting, no copying, no lock. A record
+        logged without ``extra=`` is told by its size alone."""
         d = record.__dict__
+        size = len(d)
+        if size <= PLAIN_RECORD_SIZE:  # logged without extra=: no tag can be there
+            return False
         if EVENT_TAG not in d and USER_TAG not in d:
+            # a misspelt tag, perhaps; unless all that was added is a formatter's output
+            if size > FORMATTED_RECORD_SIZE or "message" not in d or (
+                size == FORMATTED_RECORD_SIZE and "asctime" not in d
+            ):
+                check_extras(d)
             return False
         if self.filters:
             rv = self.filter(record)

@@ -1,0 +1,75 @@
+"""A record attribute that looks like a tag but is not one sends nothing: say so, once per
+distinct name, on the interakt_logging logger; records without extras are not looked at."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import pytest
+
+from interakt_logging import InteraktHandler, _misspelt
+from interakt_logging.testing import MockInteraktServer
+
+
+@pytest.fixture(autouse=True)
+def _forget_judged_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_misspelt, "_judged", set(_misspelt._judged))
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("interakt_events", "interakt_event"),
+    ("Interakt_event", "interakt_event"),
+    ("interakt_users", "interakt_user"),
+    ("interact_event", "interakt_event"),
+    ("interakt-user", "interakt_user"),
+    ("interakt_event_tag", "interakt_event"),
+])
+def test_a_near_miss_warns_once_naming_the_tag(
+    name: str, meant: str, logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = make_handler()
+    logger.addHandler(handler)
+    with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+        for _ in range(3):
+            logger.info("Order Placed", extra={name: {"user_id": "1"}})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "interakt_logging"]
+    assert len(warnings) == 1, warnings
+    assert repr(name) in warnings[0] and repr(meant) in warnings[0]
+    assert handler.flush(5) and server.requests == []
+
+
+@pytest.mark.parametrize("extra", [
+    {"request_id": "r1"}, {"user": "42"}, {"event": "x"}, {"interval": 3}, {"internal": True},
+])
+def test_other_extras_are_not_warned_about(
+    extra: dict[str, object], logger: logging.Logger,
+    make_handler: Callable[..., InteraktHandler], caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger.addHandler(make_handler())
+    with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+        logger.info("hello", extra=extra)
+    assert [r for r in caplog.records if r.name == "interakt_logging"] == []
+
+
+def test_odd_attributes_do_not_break_the_log_call(
+    make_handler: Callable[..., InteraktHandler]
+) -> None:
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "hello", (), None)
+    record.__dict__[7] = "a non-str key"
+    record.__dict__["interakt_evnt"] = object()
+    assert make_handler().handle(record) is False
+
+
+def test_a_record_without_extras_is_not_looked_at(
+    make_handler: Callable[..., InteraktHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked: list[object] = []
+    monkeypatch.setattr(_misspelt, "_judge", looked.append)
+    handler = make_handler()
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "hello", (), None)
+    handler.handle(record)
+    logging.Formatter("%(asctime)s %(message)s").format(record)  # what a handler before ours adds
+    handler.handle(record)
+    assert looked == []
