@@ -3,6 +3,7 @@
 from ._backlog import FlushResult
 from ._errors import APIError, DeliveryError, InteraktError, QueueFullError, ValidationError
 from ._handler import InteraktHandler
+from ._redact import RedactTags
 from ._structlog import InteraktProcessor
 from ._version import __version__
 
@@ -14,6 +15,7 @@ __all__ = [
     "InteraktHandler",
     "InteraktProcessor",
     "QueueFullError",
+    "RedactTags",
     "ValidationError",
     "__version__",
 ]

@@ -24,6 +24,7 @@ from ._payload import (
     payload_from_tag,
 )
 from ._pipeline import Pipeline, capturing
+from ._redact import original, redact
 from ._settings import (
     API_KEY_ENV,
     CAPTURE_PLACEHOLDER_KEY,
@@ -148,18 +149,25 @@ class InteraktHandler(logging.handlers.QueueHandler):
         return record
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Send the record's tag, then leave other handlers a summary in its place (see
+        ``_redact``)."""
+        d = record.__dict__
+        outcome = "sent"
         try:
             try:
                 payload = self.prepare(record)
             except ValidationError as exc:
-                d = record.__dict__
-                self.pipeline.reject(exc, d.get(EVENT_TAG, d.get(USER_TAG)))
+                outcome = "refused"
+                self.pipeline.reject(exc, original(d.get(EVENT_TAG, d.get(USER_TAG))))
                 if self.settings.sync_mode:
                     self.handleError(record)
                 return
             self._enqueue(payload)
         except Exception:  # sync mode (reported already), a handler whose construction
-            self.handleError(record)  # failed, or a bug: a log call never raises
+            outcome = "not sent"  # failed, or a bug: a log call never raises
+            self.handleError(record)
+        finally:
+            redact(d, outcome)
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
@@ -300,8 +308,8 @@ def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
                 USER_TAG, "both interakt_user and interakt_event",
                 "one tag per record: log the user and the event as two records",
             )
-        return EVENTS_PATH, d[EVENT_TAG]
-    return USERS_PATH, d[USER_TAG]
+        return EVENTS_PATH, original(d[EVENT_TAG])
+    return USERS_PATH, original(d[USER_TAG])
 
 
 def _message(record: logging.LogRecord) -> str:
