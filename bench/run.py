@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import logging
 import logging.handlers
 import os
@@ -60,8 +61,12 @@ QUICK = Sizes(rounds=2, calls=200, deliver=20, deliver_rounds=1, queued=500, dra
 class ServerProcess:
     """A MockInteraktServer in a child process, driven over stdin/stdout with one-line commands."""
 
-    def __init__(self, latency: float = 0.0, hang: bool = False) -> None:
+    def __init__(
+        self, latency: float = 0.0, hang: bool = False, rate_limit: Optional[float] = None
+    ) -> None:
         args = [sys.executable, __file__, "--serve", str(latency)] + (["--hang"] if hang else [])
+        if rate_limit is not None:
+            args += ["--rate-limit", str(rate_limit)]
         self._proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
@@ -80,17 +85,23 @@ class ServerProcess:
         """How many events named ``event`` the server has accepted."""
         return int(self._ask(f"count {event}"))
 
+    def tally(self, event: str) -> Tuple[int, int]:
+        """(accepted, answered 429) requests for events named ``event``."""
+        accepted, throttled = self._ask(f"tally {event}").split()
+        return int(accepted), int(throttled)
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
 
 
-def serve(latency: float, hang: bool) -> None:
-    """Child process: run the mock server until stdin closes; answer ``count NAME`` lines."""
+def serve(latency: float, hang: bool, rate_limit: Optional[float]) -> None:
+    """Child process: run the mock server until stdin closes; answer ``count NAME`` and
+    ``tally NAME`` lines."""
     from interakt_logging.testing import MockInteraktServer
 
-    mock = MockInteraktServer(latency=latency)
+    mock = MockInteraktServer(latency=latency, rate_limit=rate_limit)
     mock.hang = hang
     mock.start()
     print(mock.url, flush=True)
@@ -98,6 +109,10 @@ def serve(latency: float, hang: bool) -> None:
         command, _, arg = line.strip().partition(" ")
         if command == "count":
             print(len(mock.events(arg)), flush=True)
+        elif command == "tally":
+            named = [r for r in list(mock.requests) if (r.body or {}).get("event") == arg]
+            throttled = sum(1 for r in named if r.status == 429)
+            print(len(mock.events(arg)), throttled, flush=True)
     mock.stop()
 
 
@@ -237,6 +252,7 @@ class Results:
     notes: List[str] = field(default_factory=list)
     rows: List[Tuple[str, str, str, str, str, str, str]] = field(default_factory=list)
     after_hang: List[Callable[[], None]] = field(default_factory=list)  # once it is closed
+    sections: List[str] = field(default_factory=list)  # whole Markdown blocks, in order
 
 
 def caller_cost(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
@@ -555,6 +571,89 @@ def exit_drain(sizes: Sizes, server: ServerProcess, results: Results) -> None:
     ))
 
 
+# -- shared rate limit: processes that share one account limit ----------------------------------
+
+@dataclass
+class RateCase:
+    """``processes`` x ``events`` against an account admitting ``limit`` requests/s in all."""
+
+    label: str
+    processes: int
+    events: int
+    limit: Optional[float]
+    latency: float = LATENCY
+    settings: Dict[str, Any] = field(default_factory=dict)  # InteraktHandler keyword arguments
+
+
+@dataclass
+class RateOutcome:
+    delivered: int
+    lost: int
+    throttled: int
+    seconds: float
+
+    def share_429(self) -> float:
+        return self.throttled / max(1, self.delivered + self.throttled)
+
+
+def rate_child(url: str, n: int, name: str, settings: str) -> None:
+    """Child process: log ``n`` events at once, close (delivering all of them), print the
+    monotonic times of the first log call and of the end of close."""
+    handler = InteraktHandler(api_key=API_KEY, host=url, shutdown_timeout=900,
+                              max_queue_size=max(10_000, n), **json.loads(settings))
+    log = quiet_logger("bench.rate", handler)
+    started = time.monotonic()
+    for i in range(n):
+        log.info(name, extra={"interakt_event": {"user_id": str(i)}})
+    handler.close()
+    print(started, time.monotonic(), flush=True)
+
+
+def run_rate_case(case: RateCase, name: str) -> RateOutcome:
+    server = ServerProcess(latency=case.latency, rate_limit=case.limit)
+    try:
+        children = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--rate-child", server.url, str(case.events), name,
+                 json.dumps(case.settings)], stdout=subprocess.PIPE, text=True,
+            )
+            for _ in range(case.processes)
+        ]
+        times = []
+        for child in children:
+            out, _ = child.communicate(timeout=1800)
+            if child.returncode == 0 and out.strip():
+                times.append([float(v) for v in out.split()])
+        accepted, throttled = server.tally(name)
+    finally:
+        server.close()
+    total = case.processes * case.events
+    seconds = max(t[1] for t in times) - min(t[0] for t in times) if times else float("nan")
+    return RateOutcome(accepted, total - accepted, throttled, seconds)
+
+
+def rate_row(case: RateCase, outcome: RateOutcome) -> str:
+    total = case.processes * case.events
+    limit = "none" if case.limit is None else f"{case.limit:g}/s"
+    ideal = "" if case.limit is None else f"{outcome.seconds / (total / case.limit):.2f}x"
+    return (f"| {case.label} | {case.processes} x {case.events} | {limit} | "
+            f"{case.latency * 1000:.0f} ms | {outcome.delivered:,}/{total:,} | {outcome.lost} | "
+            f"{outcome.share_429():.1%} | {outcome.seconds:.1f} s | "
+            f"{total / outcome.seconds:.1f}/s | {ideal} |")
+
+
+def shared_rate_limit(cases: List[RateCase], results: Results) -> None:
+    results.sections.append("\n".join([
+        "Shared rate limit: N processes x M events against one account limit "
+        "(MockInteraktServer(rate_limit=R), a sliding 1 s window, no Retry-After):",
+        "",
+        "| settings | processes x events | limit | round trip | delivered | lost | 429s | time "
+        "| events/s | time / ideal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(rate_row(case, run_rate_case(case, f"rate-{i}")) for i, case in enumerate(cases)),
+    ]))
+
+
 # -- report --------------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -589,6 +688,8 @@ def report(results: Results, sizes: Sizes, command: str, warnings: List[str]) ->
         for name, values in results.per_call.items():
             lines.append(f"- {name}: {statistics.median(values):.3f} "
                          f"({min(values):.3f}-{max(values):.3f})")
+    for section in results.sections:
+        lines += ["", section]
     lines += ["", "Notes:", ""] + [f"- {note}" for note in results.notes]
     if warnings:
         lines.append(f"- library warnings during the run: {len(warnings)} (expected: handlers "
@@ -604,9 +705,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--serve", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--hang", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--exit-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--rate-limit", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--rate-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--only-rate", action="store_true",
+                        help="only the shared rate limit and round-trip sections")
     args = parser.parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.hang)
+        serve(args.serve, args.hang, args.rate_limit)
+        return 0
+    if args.rate_child:
+        url, n, name, settings = args.rate_child
+        rate_child(url, int(n), name, settings)
         return 0
     if args.exit_child:
         url, n, name = args.exit_child

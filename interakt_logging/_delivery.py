@@ -1,8 +1,11 @@
 """One payload's way to the API: attempts, retries with backoff, flow control.
 
 Shared by the background workers and by ``sync_mode`` (which runs it on the calling thread), so
-both follow one retry policy: network errors, 5xx and 429 are retried (429 after its
-Retry-After), every other 4xx is final.
+both follow one retry policy: network errors and 5xx are retried up to ``max_retries`` times,
+every other 4xx is final, and a 429 is no failure at all: the API says *when*, not *whether*.
+A throttled payload waits (flow control slows down) and goes again without using up a retry;
+in the background only the queue's or outbox's capacity and the exit bound can end that wait.
+A sync-mode caller is blocked meanwhile, so there 429s past ``max_retries`` raise after all.
 """
 
 from __future__ import annotations
@@ -10,21 +13,50 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Union
 
 from ._errors import APIError, DeliveryError
-from ._flow import FlowControl
+from ._flow import FlowControl, Permit
 from ._payload import Payload
 from ._stats import Counters
-from ._transport import NetworkError, Transport
+from ._transport import NetworkError
 
 BACKOFF_BASE = 0.25
 BACKOFF_MAX = 10.0
-RATE_LIMIT_DEFAULT_PAUSE = 1.0
 
 
 class Abandoned(Exception):
     """Delivery stopped because the pipeline is shutting down (or a deadline passed)."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The API accepted the payload; ``answer`` is its decoded 2xx body."""
+
+    answer: Any
+
+
+@dataclass(frozen=True)
+class TryAgain:
+    """Not delivered yet: try again after ``delay`` seconds. ``cause`` is what went wrong."""
+
+    delay: float
+    cause: Exception
+
+    @property
+    def throttled(self) -> bool:
+        return isinstance(self.cause, APIError) and self.cause.status_code == 429
+
+
+Attempt = Union[Delivered, TryAgain]
+
+
+class Poster(Protocol):
+    """What posts one payload: ``Transport``, or a scripted stand-in in unit tests. Returns the
+    decoded 2xx answer; raises APIError for any other status, NetworkError for no answer."""
+
+    def post(self, payload: Payload) -> Any: ...
 
 
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
@@ -35,7 +67,7 @@ def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) 
 class Delivery:
     def __init__(
         self,
-        transport: Transport,
+        transport: Poster,
         flow: FlowControl,
         counters: Counters,
         max_retries: int,
@@ -47,41 +79,35 @@ class Delivery:
         self._max_retries = max_retries
         self._stop = stop
 
-    def attempt(self, payload: Payload, deadline: Optional[float] = None) -> Tuple[bool, Any]:
-        """One try, once flow control allows it. Returns ``(True, answer)`` when delivered or
-        ``(False, delay)`` to try again after ``delay`` seconds. Raises APIError (refused, or
-        retries used up on 5xx/429), DeliveryError (network errors outlasting the retries) or
-        Abandoned (stopping, or past ``deadline``)."""
-        probe = self.flow.acquire(deadline)
-        if probe is None:
+    def attempt(self, payload: Payload, deadline: Optional[float] = None) -> Attempt:
+        """One try, once flow control allows it. Raises APIError (refused, or retries used up
+        on 5xx), DeliveryError (network errors outlasting the retries) or Abandoned (stopping,
+        or past ``deadline``)."""
+        flow = self.flow
+        permit = flow.acquire(deadline)
+        if permit is Permit.STOPPED:
             raise Abandoned()
+        sent_at = flow.clock()
         try:
             answer = self.transport.post(payload)
         except NetworkError as exc:
-            counts = self.flow.failure(probe)
+            counts = flow.failed(sent_at, permit is Permit.PROBE, "Timeout" in exc.kind)
             error: Exception = DeliveryError(f"could not reach the Interakt API: {exc}", exc.kind)
-            wait = backoff(payload.attempts + 1)
         except APIError as exc:
             error = exc
             if exc.status_code == 429:
-                self.flow.success()  # the server is up, just busy
-                pause = exc.retry_after
-                if pause is None:
-                    pause = backoff(payload.attempts + 1, RATE_LIMIT_DEFAULT_PAUSE, 60.0)
-                self.flow.pause(pause)
-                wait = 0.0  # the shared pause does the waiting
-                counts = True
-            elif exc.retryable:  # 5xx
-                counts = self.flow.failure(probe)
-                wait = backoff(payload.attempts + 1)
-            else:
-                self.flow.success()  # a 4xx: reachable, and retrying will not help
+                flow.throttled(sent_at, exc.retry_after)
+                self._counters.add("throttled")
+                return TryAgain(0.0, exc)  # flow control does the waiting, for every worker
+            if not exc.retryable:
+                flow.answered(accepted=False)  # a 4xx: reachable, and retrying will not help
                 raise
+            counts = flow.failed(sent_at, permit is Permit.PROBE, timed_out=False)  # 5xx
         else:
-            self.flow.success()
-            return True, answer
+            flow.answered(accepted=True)
+            return Delivered(answer)
         if not counts:
-            return False, 0.0  # the breaker opened: this does not use up the payload's retries
+            return TryAgain(0.0, error)  # the breaker opened: this does not use up a retry
         payload.attempts += 1
         if payload.attempts > self._max_retries:
             if isinstance(error, DeliveryError):
@@ -90,15 +116,22 @@ class Delivery:
                 )
             raise error
         self._counters.add("retried")
-        return False, wait
+        return TryAgain(backoff(payload.attempts), error)
 
     def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
         """Deliver on this thread, sleeping between tries (sync mode). Returns the answer."""
+        throttled = 0
         while True:
-            delivered, value = self.attempt(payload, deadline)
-            if delivered:
-                return value
-            if value > 0 and self._sleep(value, deadline):
+            result = self.attempt(payload, deadline)
+            if isinstance(result, Delivered):
+                return result.answer
+            if result.throttled:
+                throttled += 1
+                # A caller blocked with no deadline must not wait forever: past max_retries
+                # 429s it gets the APIError; with a deadline (at exit) that bounds the wait.
+                if deadline is None and throttled > self._max_retries:
+                    raise result.cause
+            if result.delay > 0 and self._sleep(result.delay, deadline):
                 raise Abandoned()
 
     def _sleep(self, seconds: float, deadline: Optional[float]) -> bool:

@@ -60,12 +60,13 @@ class InteraktHandler(logging.handlers.QueueHandler):
         max_retries: int = 3,
         max_queue_size: int = 10000,
         on_error: Optional[ErrorCallback] = None,
-        workers: int = 8,
+        workers: int = 32,
         batch_size: int = 100,
         shutdown_timeout: float = 5.0,
         block_on_full: bool = False,
         block_timeout: float = 1.0,
         rate_limit: Optional[float] = None,
+        rate_limit_store: Optional[str] = None,
         outbox: Optional[str | os.PathLike[str]] = None,
         outbox_max_bytes: int = 64 * 1024 * 1024,
         level: int | str = logging.NOTSET,
@@ -82,6 +83,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             max_retries=max_retries, max_queue_size=max_queue_size, on_error=on_error,
             workers=workers, batch_size=batch_size, shutdown_timeout=shutdown_timeout,
             block_on_full=block_on_full, block_timeout=block_timeout, rate_limit=rate_limit,
+            rate_limit_store=rate_limit_store,
             outbox=outbox, outbox_max_bytes=outbox_max_bytes,
         )
         self.pipeline = Pipeline(self.settings)

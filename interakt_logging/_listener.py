@@ -12,14 +12,15 @@ anyway (a BaseException, such as ``sys.exit()`` in ``on_error``), what it held i
 
 from __future__ import annotations
 
+import contextlib
 import logging.handlers
 import queue
 import threading
 import time
-from typing import Any, Callable, List, Optional, Protocol, Set
+from typing import Any, Callable, List, Optional, Protocol
 
 from ._backlog import FlushMarker, MemoryBacklog
-from ._delivery import Abandoned, Delivery
+from ._delivery import Abandoned, Delivery, TryAgain
 from ._errors import InteraktError, internal_error
 from ._payload import Payload
 from ._stats import Counters
@@ -175,11 +176,19 @@ class PayloadListener(logging.handlers.QueueListener):
 
 
 class Workers:
-    """``count`` daemon threads, each delivering one payload at a time from the backlog."""
+    """Sender threads, each delivering one payload at a time from the backlog.
+
+    Threads start as the backlog needs them: one at first, another whenever a payload is taken
+    while others wait, no thread is idle, and flow control would let one more request go (its
+    window of requests in flight, plus one thread ready for the next slot), up to ``ceiling``.
+    A thread idle for ``IDLE_EXIT`` seconds ends, down to one, so a quiet app keeps one.
+    """
+
+    IDLE_EXIT = 10.0
 
     def __init__(
         self,
-        count: int,
+        ceiling: int,
         backlog: MemoryBacklog,
         delivery: Delivery,
         counters: Counters,
@@ -187,37 +196,63 @@ class Workers:
         stop: threading.Event,
         supervisor: Supervisor,
     ) -> None:
+        self._ceiling = ceiling
         self._backlog = backlog
         self._delivery = delivery
+        self._flow = delivery.flow
         self._counters = counters
         self._reject = reject
         self._stop = stop
         self._supervisor = supervisor
-        self._ended: Set[int] = set()  # indexes of the threads that ended on an error
-        self.threads = [self._thread(i) for i in range(count)]
+        self._lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
+        self._ended = 0  # threads that ended on an error, not yet replaced
+        self._idle = 0
+        self._named = 0
 
-    def _thread(self, index: int) -> threading.Thread:
-        return threading.Thread(
-            target=self._run, args=(index,), name=f"interakt-logging-sender-{index}", daemon=True
-        )
+    @property
+    def threads(self) -> List[threading.Thread]:
+        """The sender threads running now."""
+        with self._lock:
+            return list(self._threads)
 
     def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
+        with self._lock:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """Start one more thread (the lock held). RuntimeError when the interpreter exits."""
+        self._named += 1
+        thread = threading.Thread(
+            target=self._run, name=f"interakt-logging-sender-{self._named}", daemon=True
+        )
+        thread.start()  # first: a RuntimeError leaves nothing half-made
+        self._threads.append(thread)
+
+    def _grow(self) -> None:
+        """Called by a thread that just took a payload: start one more if it would be used."""
+        if not len(self._backlog) or self._idle:
+            return
+        with self._lock:
+            wanted = min(self._ceiling, self._flow.in_flight_limit + 1)
+            if not self._idle and len(self._threads) < wanted and not self._stop.is_set():
+                with contextlib.suppress(RuntimeError):  # exiting: the running ones go on
+                    self._spawn()
+
+    def _retire(self, thread: threading.Thread) -> bool:
+        """An idle thread may end, unless it is the last one."""
+        with self._lock:
+            if len(self._threads) <= 1:
+                return False
+            self._threads.remove(thread)
+            return True
 
     def replace_ended(self) -> None:
         """Start a new thread in place of each one that ended on an error."""
-        while True:
-            try:
-                index = self._ended.pop()  # atomic: each ended thread is replaced once
-            except KeyError:
-                return
-            thread = self.threads[index] = self._thread(index)
-            try:
-                thread.start()
-            except RuntimeError:  # the interpreter is exiting: the exit drain takes over
-                self._ended.add(index)
-                raise
+        with self._lock:
+            while self._ended:
+                self._spawn()  # a RuntimeError (exiting) leaves the rest to the exit drain
+                self._ended -= 1
 
     def join(self, deadline: float) -> None:
         """Wait for the threads to end, all of them together until ``deadline`` (monotonic)."""
@@ -226,25 +261,40 @@ class Workers:
             if thread.is_alive() and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self, index: int) -> None:
+    def _take(self) -> Optional[Payload]:
+        with self._lock:
+            self._idle += 1
+        try:
+            return self._backlog.take(_POLL)
+        finally:
+            with self._lock:
+                self._idle -= 1
+
+    def _run(self) -> None:
         backlog, stop = self._backlog, self._stop
+        me = threading.current_thread()
         held: Optional[Payload] = None  # taken from the backlog, not yet settled or handed back
+        idle_since = time.monotonic()
         try:
             while not stop.is_set():
                 try:
-                    held = backlog.take(_POLL)
+                    held = self._take()
                 except Exception as exc:
                     self._supervisor.fault("a sender could not take from the backlog", exc)
                     stop.wait(_FAULT_PAUSE)
                     continue
                 if held is None:
+                    if time.monotonic() - idle_since > self.IDLE_EXIT and self._retire(me):
+                        return
                     continue
+                idle_since = time.monotonic()
+                self._grow()
                 payload = held
                 error: Optional[Exception] = None
                 try:
-                    delivered, delay = self._delivery.attempt(payload)
-                    if not delivered:
-                        backlog.retry_later(payload, delay)
+                    result = self._delivery.attempt(payload)
+                    if isinstance(result, TryAgain):
+                        backlog.retry_later(payload, result.delay)
                         held = None
                         continue
                 except Abandoned:
@@ -258,8 +308,11 @@ class Workers:
         except BaseException as exc:  # the thread ends: settle what it held, and say why
             if held is not None:
                 self._settle(held, internal_error(exc, "sending the payload"))
-            self._ended.add(index)
-            self._supervisor.thread_died(threading.current_thread().name, exc)
+            with self._lock:
+                if me in self._threads:
+                    self._threads.remove(me)
+                self._ended += 1
+            self._supervisor.thread_died(me.name, exc)
 
     def _settle(self, payload: Payload, error: Optional[Exception]) -> None:
         """Count and report first, then finish: a flush waiting on this payload returns only

@@ -7,11 +7,12 @@ silent hangs can be injected, globally or per request, to test retries and shutd
 
 from __future__ import annotations
 
+import collections
 import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 import orjson
 
@@ -67,6 +68,10 @@ class MockInteraktServer:
     - ``hang = True``: accept requests and never answer (until the server stops).
     - ``on_request``: a callable(request) called after each answer, on the server's thread
       (``interakt-logging mock-server`` prints requests with it).
+    - ``rate_limit``: the account's limit, for all clients together: at most this many requests
+      are accepted in any ``rate_window`` seconds; the others are answered 429 with Interakt's
+      message, and a Retry-After header only when ``rate_limit_retry_after`` is set. Requests
+      the responder or the script answer do not count.
     """
 
     def __init__(
@@ -76,8 +81,15 @@ class MockInteraktServer:
         port: int = 0,
         host: str = "127.0.0.1",
         on_request: Optional[Callable[[RecordedRequest], None]] = None,
+        rate_limit: Optional[float] = None,
+        rate_window: float = 1.0,
+        rate_limit_retry_after: Optional[str] = None,
     ) -> None:
         self.latency = latency
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self._admitted: Deque[float] = collections.deque()  # when accepted requests arrived
         self.responder = responder
         self.on_request = on_request
         self.hang = False
@@ -144,6 +156,12 @@ class MockInteraktServer:
             if r.path.endswith("/users/") and (user_id is None or r.body.get("userId") == user_id)
         ]
 
+    @property
+    def throttled(self) -> List[RecordedRequest]:
+        """The requests answered 429."""
+        with self._cond:
+            return [r for r in self.requests if r.status == 429]
+
     def wait_for(self, count: int, timeout: float = 30.0) -> List[RecordedRequest]:
         """Wait until ``count`` requests were answered with a 2xx; AssertionError otherwise."""
         deadline = time.monotonic() + timeout
@@ -166,9 +184,24 @@ class MockInteraktServer:
             with self._cond:
                 if self._script:
                     reply = self._script.pop(0)
+        if reply is None and self.rate_limit is not None and not self._admit():
+            reply = Reply(429, retry_after=self.rate_limit_retry_after)
         if reply is None:
             reply = Reply(hang=self.hang)
         return reply
+
+    def _admit(self) -> bool:
+        """The account-wide sliding window: True when this request fits in it."""
+        assert self.rate_limit is not None
+        now = time.monotonic()
+        with self._cond:
+            admitted = self._admitted
+            while admitted and admitted[0] <= now - self.rate_window:
+                admitted.popleft()
+            if len(admitted) >= self.rate_limit * self.rate_window:
+                return False
+            admitted.append(now)
+            return True
 
     def _record(self, request: RecordedRequest) -> None:
         with self._cond:

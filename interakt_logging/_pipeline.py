@@ -28,6 +28,7 @@ from ._outbox import OutboxBacklog, check_outbox
 from ._payload import Payload, QueuedPayload
 from ._report import Reporter
 from ._settings import Settings
+from ._shared_limit import SharedLimit
 from ._stats import Counters
 from ._transport import Transport
 from ._version import user_agent
@@ -104,7 +105,13 @@ class Pipeline:
         self._queued = self.queue.qsize
         self._max_queued = s.max_queue_size
         self._bump_enqueued = self.counters.bump_enqueued
-        self.flow = FlowControl(rate_limit=s.rate_limit)
+        self.shared_limit = (
+            None if s.rate_limit_store is None or s.rate_limit is None or s.api_key is None
+            else SharedLimit(s.rate_limit_store, s.rate_limit, s.api_key)
+        )
+        self.flow = FlowControl(
+            rate_limit=s.rate_limit, max_in_flight=s.workers, shared=self.shared_limit
+        )
         # without a key nothing reaches the transport: the handler refuses every payload
         self.transport = Transport(s.api_key or "", s.host, s.timeout, s.workers, user_agent())
         self._stop = threading.Event()
@@ -373,6 +380,8 @@ class Pipeline:
         _lifecycle.unregister(self)
         self.backlog.close()
         self.transport.close()
+        if self.shared_limit is not None:
+            self.shared_limit.close()
         return ended
 
     @property
@@ -435,4 +444,8 @@ class Pipeline:
         values["queue_depth"] = self.queue.qsize() + len(self.backlog)
         values["in_flight"] = self.backlog.in_flight
         values["circuit"] = self.flow.state
+        values["pace"] = self.flow.pace
+        values["requests_in_flight"] = self.flow.in_flight
+        values["in_flight_limit"] = self.flow.in_flight_limit
+        values["sender_threads"] = len(self.workers.threads)
         return values

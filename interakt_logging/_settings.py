@@ -16,6 +16,7 @@ from ._errors import ValidationError
 DEFAULT_HOST = "https://api.interakt.ai"
 API_KEY_ENV = "INTERAKT_API_KEY"
 HOST_ENV = "INTERAKT_HOST"
+RATE_LIMIT_STORE_ENV = "INTERAKT_RATE_LIMIT_STORE"
 # The key of a handler built with none configured while testing.capture() intercepts every
 # payload (decided in InteraktHandler.__init__), so nothing is ever sent with it.
 CAPTURE_PLACEHOLDER_KEY = "interakt-logging-capture-placeholder"
@@ -44,6 +45,7 @@ class Settings:
     block_on_full: bool
     block_timeout: float
     rate_limit: Optional[float]
+    rate_limit_store: Optional[str] = field(repr=False)  # its URL may hold a password
     outbox: Optional[str]
     outbox_max_bytes: int
 
@@ -64,6 +66,7 @@ def make_settings(
     block_on_full: bool,
     block_timeout: float,
     rate_limit: float | None,
+    rate_limit_store: str | None,
     outbox: str | os.PathLike[str] | None,
     outbox_max_bytes: int,
 ) -> Settings:
@@ -78,6 +81,7 @@ def make_settings(
     _require_int("outbox_max_bytes", outbox_max_bytes, minimum=4096)
     if rate_limit is not None:
         _require_number("rate_limit", rate_limit, minimum=0, exclusive=True)
+    store = resolve_rate_limit_store(rate_limit_store, rate_limit)
     if on_error is not None and not callable(on_error):
         raise ValidationError("on_error", on_error, "a callable(error, payload) or None")
     flags = {"sync_mode": sync_mode, "debug": debug, "block_on_full": block_on_full}
@@ -101,6 +105,7 @@ def make_settings(
         block_on_full=block_on_full,
         block_timeout=float(block_timeout),
         rate_limit=None if rate_limit is None else float(rate_limit),
+        rate_limit_store=store,
         outbox=None if outbox is None else os.fspath(outbox),
         outbox_max_bytes=outbox_max_bytes,
     )
@@ -167,6 +172,34 @@ def _decode_dashboard_form(key: str) -> str | None:
     if len(text) > 1 and text.endswith(":") and ":" not in text[:-1] and text[:-1].isprintable():
         return text[:-1]
     return None
+
+
+def resolve_rate_limit_store(store: str | None, rate_limit: float | None) -> str | None:
+    """The shared limiter's Redis URL, from the argument or ``INTERAKT_RATE_LIMIT_STORE``;
+    it needs ``rate_limit`` (the account-wide rate to share) and the ``redis`` extra."""
+    field = "rate_limit_store"
+    if store is None:
+        store = os.environ.get(RATE_LIMIT_STORE_ENV, "").strip() or None
+        field = RATE_LIMIT_STORE_ENV
+    if store is None:
+        return None
+    expected = "a Redis URL: redis://host:6379/0, rediss://... or unix:///path/to/redis.sock"
+    if not isinstance(store, str):
+        raise ValidationError(field, type(store).__name__, expected)
+    scheme = urllib.parse.urlsplit(store.strip()).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValidationError(field, f"<a URL with scheme {scheme!r}>", expected)
+    if rate_limit is None:
+        raise ValidationError(
+            "rate_limit", None, f"the account-wide requests/s to share, when {field} is set"
+        )
+    try:
+        import redis  # noqa: F401  (the optional extra: only checked for here)
+    except ImportError:
+        raise ValidationError(
+            field, "<set>", "redis-py installed: pip install 'interakt-logging[redis]'"
+        ) from None
+    return store.strip()
 
 
 def resolve_host(host: str | None) -> str:

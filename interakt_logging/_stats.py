@@ -12,7 +12,7 @@ class Counters:
     one C call under the GIL, so atomic between threads. A lock would deadlock when a signal
     handler that logs interrupts a bump on the same thread and reports (counts) in turn."""
 
-    FIELDS = ("sent", "retried", "failed", "dropped", "outboxed", "adopted")
+    FIELDS = ("sent", "retried", "throttled", "failed", "dropped", "outboxed", "adopted")
 
     def __init__(self) -> None:
         self._counts = {name: itertools.count() for name in ("enqueued", *self.FIELDS)}

@@ -189,9 +189,12 @@ def test_block_on_full_waits_instead_of_dropping(
 
 def test_stats_fields(make_handler: Callable[..., InteraktHandler]) -> None:
     stats = make_handler().stats()
-    assert set(stats) == {"enqueued", "sent", "retried", "failed", "dropped", "outboxed", "adopted",
-                          "queue_depth", "in_flight", "circuit"}
+    assert set(stats) == {"enqueued", "sent", "retried", "throttled", "failed", "dropped", "outboxed",
+                          "adopted", "queue_depth", "in_flight", "circuit", "pace",
+                          "requests_in_flight", "in_flight_limit", "sender_threads"}
     assert stats["circuit"] == "closed"
+    assert stats["pace"] is None  # unpaced until a 429 or a rate_limit
+    assert stats["throttled"] == stats["requests_in_flight"] == 0
 
 
 def test_the_key_never_shows(
