@@ -474,7 +474,6 @@ def memory(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
     log = quiet_logger("bench.memory", handler)
     log.info("warm-up", extra={"interakt_event": {"user_id": "42"}})
     wait_sending(handler)
-    workers = handler.settings.workers
 
     def queue_ours() -> None:
         for i in range(n):
@@ -483,7 +482,8 @@ def memory(sizes: Sizes, hanging: ServerProcess, results: Results) -> None:
 
     def ours_settled() -> bool:
         stats = handler.stats()
-        return bool(stats["in_flight"] == workers
+        # each sender thread holds one payload (requests out, or waiting for a slot)
+        return bool(stats["in_flight"] == stats["sender_threads"]
                     and stats["queue_depth"] + stats["in_flight"] == n + 1)
 
     values["ours"] = [measure_memory(queue_ours, ours_settled) / n]

@@ -103,6 +103,9 @@ class Delivery:
                 flow.answered(accepted=False)  # a 4xx: reachable, and retrying will not help
                 raise
             counts = flow.failed(sent_at, permit is Permit.PROBE, timed_out=False)  # 5xx
+        except BaseException:  # a bug or a failing part: no answer to learn from
+            flow.released()
+            raise
         else:
             flow.answered(accepted=True)
             return Delivered(answer)

@@ -119,9 +119,7 @@ class FlowControl:
             if reservation is None:
                 return permit  # out of reach: this process's own pace decided alone
             if not self._sleep(reservation.wait, deadline):
-                with self._cond:
-                    self._window.ended(accepted=False)  # the slot in flight is given back
-                    self._cond.notify()
+                self.released()
                 return Permit.STOPPED
             if reservation.held:
                 return permit
@@ -198,6 +196,13 @@ class FlowControl:
             if accepted:
                 self._pace.accepted(self.clock())
             self._close()
+            self._cond.notify()
+
+    def released(self) -> None:
+        """A request granted but ended with no answer to learn from (a failing part): its
+        slot is free again."""
+        with self._cond:
+            self._window.ended(accepted=False)
             self._cond.notify()
 
     def throttled(self, sent_at: float, retry_after: Optional[float]) -> None:

@@ -164,8 +164,8 @@ def test_a_failing_stage_kills_no_thread_and_loses_no_payload(
         stats = handler.stats()
         assert stats["sent"] == len(delivered)
         assert stats["failed"] + stats["dropped"] == len(outcomes.user_ids)
-        # the same threads, all alive: none had to be replaced
-        assert [pipeline.listener.thread, *pipeline.workers.threads] == threads
+        # the same threads, all alive: none had to be replaced (senders may have been added)
+        assert set(threads) <= {pipeline.listener.thread, *pipeline.workers.threads}
         assert all(t is not None and t.is_alive() for t in threads)
         assert not [r for r in library_log if "ended" in r.getMessage()]
     finally:
@@ -230,8 +230,9 @@ def test_a_thread_that_ends_is_reported_once_and_replaced_by_the_next_submit(
     try:
         log.warning("first", extra={"interakt_event": {"user_id": "held"}})
         wait_until(lambda: outcomes.user_ids == ["held"], lambda: f"{outcomes.user_ids}")
-        wait_until(lambda: sum(t.is_alive() for t in pipeline_threads(handler)) == 2,
-                   lambda: f"{pipeline_threads(handler)}")  # of 3
+        # the listener and the one sender this needed ran; one of them ended
+        wait_until(lambda: sum(t.is_alive() for t in pipeline_threads(handler)) == 1,
+                   lambda: f"{pipeline_threads(handler)}")
         (error,) = outcomes.errors
         if how == "on_error calls sys.exit()":
             assert isinstance(error, APIError)
@@ -243,7 +244,7 @@ def test_a_thread_that_ends_is_reported_once_and_replaced_by_the_next_submit(
 
         log.warning("second", extra={"interakt_event": {"user_id": "after"}})
         assert handler.flush(10).pending == 0
-        assert len(pipeline_threads(handler)) == 3
+        assert len(pipeline_threads(handler)) >= 2
         assert all(t.is_alive() for t in pipeline_threads(handler))  # replaced
         assert [body["userId"] for body in server.events()] == ["after"]
         assert len([r for r in library_log if "ended" in r.getMessage()]) == 1

@@ -305,6 +305,16 @@ def test_a_final_4xx_raises_at_once() -> None:
     assert delivery.flow.in_flight == 0
 
 
+def test_a_failing_part_frees_the_slot_it_held() -> None:
+    """Regression: a post that raised something else than an answer kept its slot in flight,
+    and once all were leaked nothing was sent any more."""
+    delivery, _ = make_delivery(ScriptedPoster(*[RuntimeError("bug")] * 10))
+    for _ in range(10):
+        with pytest.raises(RuntimeError):
+            delivery.attempt(payload())
+    assert delivery.flow.in_flight == 0
+
+
 def test_sync_send_gives_up_on_429s_past_max_retries_without_a_deadline() -> None:
     """A blocked caller must not wait forever: there 429s past max_retries raise."""
     throttled = APIError(429, "Rate limit exceeded for this resource")

@@ -133,7 +133,9 @@ def test_an_owners_directory_broken_after_construction_fails_only_the_payloads_i
     assert handler.stats()["failed"] == 5 and len(errors) == 5
     assert all(isinstance(e, DeliveryError) and e.reason == "outbox" for e in errors)
     assert "Not a directory" in str(errors[0])
-    assert len(sender_threads()) == 1 + handler.settings.workers  # listener and workers alive
+    # the listener and every sender the pipeline started are alive
+    assert sender_threads() == {"interakt-logging-listener",
+                                *(t.name for t in handler.pipeline.workers.threads)}
 
     os.unlink(f"{outbox}.owners")  # repaired: the outbox works again, nothing else to do
     log_events(logger, handler, 5, "B")
@@ -169,7 +171,8 @@ DISK_FULL_CHILD = textwrap.dedent("""
     senders = ("interakt-logging-listener", "interakt-logging-sender")
     threads = sorted(t.name for t in threading.enumerate() if t.name.startswith(senders))
     print(json.dumps({"stats": stats, "reasons": sorted(set(reasons)), "failed": len(reasons),
-                      "threads": len(threads), "workers": handler.settings.workers}), flush=True)
+                      "threads": len(threads), "workers": len(handler.pipeline.workers.threads)}),
+          flush=True)
     handler.close()
 """)
 
@@ -188,7 +191,7 @@ def test_a_disk_that_fills_up_later_fails_the_payloads_it_refuses_and_nothing_el
     stats = report["stats"]
     assert 0 < stats["outboxed"] < 600 and stats["outboxed"] + stats["failed"] == 600, report
     assert report["failed"] == stats["failed"] and report["reasons"] == ["outbox"]
-    assert report["threads"] == 1 + report["workers"], report  # the listener, every worker
+    assert report["threads"] == 1 + report["workers"], report  # the listener, every sender
     assert "Traceback" not in done.stderr, done.stderr
 
 
