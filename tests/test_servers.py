@@ -287,11 +287,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.parametrize("reload", [True, False], ids=["autoreload", "noreload"])
-def test_django_runserver_ctrl_c_delivers_or_counts(reload: bool, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize(("reload", "stop_with"), [
+    (True, "ctrl-c"), (False, "ctrl-c"), (False, "sigterm"),
+], ids=["autoreload-ctrl-c", "noreload-ctrl-c", "noreload-sigterm"])
+def test_django_runserver_stopped_delivers_or_counts(
+    reload: bool, stop_with: str, tmp_path: pathlib.Path
+) -> None:
     """Ctrl-C reaches runserver's autoreloader and its serving child; the autoreloader SIGKILLs
     the child 0.25 s later. Whatever that cuts short was counted on stderr first. Without the
-    autoreloader the exit drain delivers everything."""
+    autoreloader, Ctrl-C and SIGTERM (docker stop) deliver everything."""
     pytest.importorskip("django")
     (tmp_path / "shop_settings.py").write_text(textwrap.dedent(DJANGO_SETTINGS))
     (tmp_path / "shop_urls.py").write_text(textwrap.dedent(DJANGO_URLS))
@@ -304,7 +308,10 @@ def test_django_runserver_ctrl_c_delivers_or_counts(reload: bool, tmp_path: path
     ) as proc:
         wait_until(lambda: _answers(port), lambda: f"runserver is not up:\n{output_of(tmp_path)}")
         assert [get(port, f"/?user={i}") for i in range(100)] == [200] * 100
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        if stop_with == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        else:
+            proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     output = output_of(tmp_path)
     delivered = [u for u in user_ids(server) if u != "up"]
