@@ -48,7 +48,7 @@ OPT_OUT_ENV = "INTERAKT_EXIT_HOOKS"
 SignalHandler = Callable[[int, Optional[FrameType]], Any]
 
 _draining = False  # drain_then_die is running: a repeated SIGTERM waits for it (it is bounded)
-_held = False  # uvicorn's SIGTERM ran through hold_for_exit_drain: SIGTERM is blocked
+_held = False  # uvicorn's SIGTERM ran through HoldForExitDrain: SIGTERM is blocked
 
 
 def install() -> None:
