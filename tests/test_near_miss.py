@@ -7,6 +7,8 @@ import logging
 from typing import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from interakt_logging import InteraktHandler, _misspelt
 from interakt_logging.testing import MockInteraktServer
@@ -73,3 +75,31 @@ def test_a_record_without_extras_is_not_looked_at(
     logging.Formatter("%(asctime)s %(message)s").format(record)  # what a handler before ours adds
     handler.handle(record)
     assert looked == []
+
+
+@given(names=st.lists(st.one_of(st.text(max_size=40), st.integers(), st.none(), st.binary(max_size=8)),
+                      max_size=6))
+def test_any_extra_attributes_never_break_the_log_call(names: list[object]) -> None:
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "hello", (), None)
+    for name in names:
+        record.__dict__[name] = "value"  # type: ignore[index]
+    _misspelt.check_extras(record.__dict__)  # warns or not; never raises
+
+
+@given(tag=st.sampled_from(["interakt_user", "interakt_event"]), data=st.data())
+def test_one_or_two_typos_of_a_tag_are_caught(tag: str, data: st.DataObject) -> None:
+    chars = list(tag)
+    for _ in range(data.draw(st.integers(1, 2))):
+        i = data.draw(st.integers(0, len(chars) - 1))
+        edit = data.draw(st.sampled_from(["drop", "double", "swap-case", "replace"]))
+        if edit == "drop":
+            del chars[i]
+        elif edit == "double":
+            chars.insert(i, chars[i])
+        elif edit == "swap-case":
+            chars[i] = chars[i].swapcase()
+        else:
+            chars[i] = data.draw(st.sampled_from("abcxyz_"))
+    name = "".join(chars)
+    if name != tag:
+        assert _misspelt.near_miss(name) in ("interakt_user", "interakt_event")
