@@ -9,23 +9,23 @@ Exit codes: 0 success, 1 the API refused or could not be reached, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import orjson
 
 from ._errors import APIError, InteraktError, ValidationError
 from ._handler import InteraktHandler
+from ._mock_server import MockInteraktServer, RecordedRequest, Reply
 from ._outbox import OutboxCensus, census, purge
-from ._payload import EVENTS_PATH, USERS_PATH, Payload, build_payload, format_created
+from ._payload import EVENTS_PATH, USERS_PATH, Payload, call_tag, format_created
 from ._settings import API_KEY_ENV, HOST_ENV, require_api_key
 from ._version import __version__
-from .testing import MockInteraktServer, RecordedRequest, Reply
 
 PROG = "interakt-logging"
 
@@ -54,7 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s")
     command: Command = args.command
     try:
-        return command(args)
+        with _failures_told_once(getattr(args, "debug", False)):
+            return command(args)
     except ValidationError as exc:
         option = _OPTION_FOR_FIELD.get(exc.field.split(".")[0].split("[")[0])
         where = f" (option {option})" if option else ""
@@ -63,6 +64,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the output was piped into `head` or the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+@contextlib.contextmanager
+def _failures_told_once(debug: bool) -> Iterator[None]:
+    """Every command prints the failures it meets itself (and exits 1 or 2), after the handler
+    has reported them as it does everywhere; its warning on the ``interakt_logging`` logger
+    would say each a second time. So that logger's warnings show with --debug only (with the
+    rest of the library's log), its errors (a fault, a bug) always."""
+    if debug:
+        yield
+        return
+    library = logging.getLogger("interakt_logging")
+    errors_only = logging.StreamHandler(sys.stderr)
+    errors_only.setLevel(logging.ERROR)
+    library.addHandler(errors_only)
+    try:
+        yield
+    finally:
+        library.removeHandler(errors_only)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         if kind == "event":
             send.add_argument("name", metavar="NAME", help="the event name, e.g. 'Order Placed'")
         _add_call_options(send)
-        send.set_defaults(command=_send, path=EVENTS_PATH if kind == "event" else USERS_PATH)
+        send.set_defaults(command=_send_call, path=EVENTS_PATH if kind == "event" else USERS_PATH)
 
     mock = sub.add_parser(
         "mock-server", help="run a loopback mock Track API and print requests as they arrive",
@@ -173,7 +193,7 @@ def _demo(args: argparse.Namespace) -> int:
                               args.user_id)
         print(f"\nThe mock server received {len(server.requests)} request(s):\n")
         for request in server.requests:
-            print(describe(request))
+            print(describe_request(request))
     return 0 if delivered else 1
 
 
@@ -226,9 +246,11 @@ def _demo_log(handler: InteraktHandler, construction: str, user_id: str) -> bool
 # -- send-user / send-event ------------------------------------------------------------------------
 
 
-def _send(args: argparse.Namespace) -> int:
+def _send_call(args: argparse.Namespace) -> int:
+    """One call through ``InteraktHandler.submit`` in sync mode: the request and the answer on
+    stdout, a failure on stderr (it was reported by the handler first, as any call's is)."""
     require_api_key(None)
-    queued = build_payload(
+    tag = call_tag(
         args.path,
         user_id=args.user_id,
         phone_number=args.phone,
@@ -236,25 +258,40 @@ def _send(args: argparse.Namespace) -> int:
         traits=_parse_traits(args.traits),
         event=getattr(args, "name", None),
         created_at=args.created_at,
-        created=time.time(),
     )
+    sent: List[Any] = []  # what on_error was given with a failed call: the request as sent
+
+    def keep_request(error: Exception, message: Any) -> None:
+        sent.append(message)
+
     handler = InteraktHandler(host=args.host, sync_mode=True, debug=args.debug,
-                              timeout=args.timeout, max_retries=args.max_retries)
-    payload = Payload(*queued)
-    print(f"POST {handler.settings.host}{payload.path}")
-    print(_json(payload.message()["body"]))
+                              timeout=args.timeout, max_retries=args.max_retries,
+                              on_error=keep_request)
     try:
-        answer = handler.pipeline.send(queued)
-    except APIError as exc:
-        print(f"{PROG}: refused: HTTP {exc.status_code}: {exc.message}", file=sys.stderr)
-        return 1
+        submitted = handler.submit(args.path, tag)
+    except ValidationError:
+        raise  # main names the option
     except InteraktError as exc:
-        print(f"{PROG}: not delivered: {exc}", file=sys.stderr)
+        if sent:
+            _print_request(handler, sent[0])
+        print(f"{PROG}: {_failure(exc)}", file=sys.stderr)
         return 1
     finally:
         handler.close()
-    print(f"-> {_json(answer)}")
+    _print_request(handler, Payload(submitted.path, submitted.body, submitted.created).message())
+    print(f"-> {_pretty_json(submitted.answer)}")
     return 0
+
+
+def _print_request(handler: InteraktHandler, message: Dict[str, Any]) -> None:
+    print(f"POST {handler.settings.host}{message['path']}")
+    print(_pretty_json(message["body"]))
+
+
+def _failure(error: InteraktError) -> str:
+    if isinstance(error, APIError):
+        return f"refused: HTTP {error.status_code}: {error.message}"
+    return f"not delivered: {error}"
 
 
 def _parse_traits(text: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -278,7 +315,7 @@ def _mock_server(args: argparse.Namespace) -> int:
 
     def show(request: RecordedRequest) -> None:
         with lock:
-            print(describe(request), flush=True)
+            print(describe_request(request), flush=True)
 
     reply = Reply(args.status, retry_after=args.retry_after)
     try:
@@ -299,14 +336,14 @@ def _mock_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(request: RecordedRequest) -> str:
+def describe_request(request: RecordedRequest) -> str:
     """A received request for people: method, path, status and the JSON body, indented."""
-    body = _json(request.body) if request.body is not None else repr(request.raw)
+    body = _pretty_json(request.body) if request.body is not None else repr(request.raw)
     indented = "\n".join("  " + line for line in body.splitlines())
     return f"{request.method} {request.path} -> {request.status}\n{indented}\n"
 
 
-def _json(value: Any) -> str:
+def _pretty_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 

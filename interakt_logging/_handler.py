@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import logging.handlers
 import os
 import threading
+import time
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from . import _exit_paths
 from ._backlog import FlushResult
@@ -33,9 +33,26 @@ from ._settings import (
     no_key_error,
 )
 
-_KINDS = {"user": USERS_PATH, "event": EVENTS_PATH}
-
 _logger = logging.getLogger("interakt_logging")
+
+
+class Submitted(NamedTuple):
+    """What ``InteraktHandler.submit`` did with one call."""
+
+    path: str
+    """USERS_PATH or EVENTS_PATH."""
+    body: bytes
+    """The JSON body as validated and queued; the sender adds ``createdAt``."""
+    created: float
+    """The time sent as ``createdAt`` (epoch seconds)."""
+    accepted: bool
+    """True when the call was taken: queued for the sender, or (sync mode) answered with a 2xx.
+    False when it was refused (a full queue, a close under way, no API key) and reported."""
+    answer: Any = None
+    """Sync mode: the API's JSON answer."""
+
+
+_REFUSED: Any = object()  # what a dispatcher returns for a payload it refused (and reported)
 
 
 class InteraktHandler(logging.handlers.QueueHandler):
@@ -96,8 +113,9 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 "reported to on_error as failed and not sent", API_KEY_ENV,
             )
         self._reopen_lock = threading.Lock()
-        # what emit() does with a payload, chosen once: it runs on every tagged logging call
-        self._enqueue: Callable[[QueuedPayload], Any] = self._open_enqueue()
+        # what happens to a validated payload (queued, sent now, or refused), chosen once: it
+        # runs on every tagged logging call
+        self._dispatch: Callable[[QueuedPayload], Any] = self._open_dispatch()
 
     # QueueHandler API: the queue and the listener are the pipeline's.
     @property
@@ -112,7 +130,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
     def listener(self) -> Any:
         """For the Python 3.12+ queue-handler recipe (``handler.listener.start()``, and
         ``.stop()`` at exit): start is a no-op, stop delivers what is queued and closes."""
-        return _ListenerControls(self)
+        return _ListenerStandIn(self)
 
     @listener.setter
     def listener(self, value: Any) -> None:
@@ -164,7 +182,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 if self.settings.sync_mode:
                     self.handleError(record)
                 return
-            self._enqueue(payload)
+            self._dispatch(payload)
         except Exception:  # sync mode (reported already), a handler whose construction
             outcome = "not sent"  # failed, or a bug: a log call never raises
             self.handleError(record)
@@ -173,64 +191,80 @@ class InteraktHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
-        path, tag = _tag_of(record.__dict__)
+        path, tag = path_and_tag(record.__dict__)
         default_event = None
-        if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
+        if path == EVENTS_PATH and not (type(tag) is dict and "event" in tag):
             msg = record.msg  # a str without args is its own message: skip getMessage()
-            default_event = msg if type(msg) is str and not record.args else _message(record)
+            default_event = (
+                msg if type(msg) is str and not record.args else _message_as_event(record)
+            )
         return payload_from_tag(path, tag, default_event, record.created)
 
-    def enqueue(self, payload: QueuedPayload) -> None:  # type: ignore[override]
-        """Queue the payload (or, in sync mode, send it now)."""
-        self._enqueue(payload)
-
-    def _open_enqueue(self) -> Callable[[QueuedPayload], Any]:
+    def _open_dispatch(self) -> Callable[[QueuedPayload], Any]:
         if self.settings.api_key is None:
             return self._refuse_without_key
         return self._send_now if self.settings.sync_mode else self.pipeline.submit
 
-    def _reopen(self, payload: QueuedPayload) -> None:
+    def _reopen(self, payload: QueuedPayload) -> Any:
         """A record after close(): a later dictConfig (uvicorn's, Django's) closes every handler
         it replaces, though a logger may go on using it. Start a fresh pipeline, as a stdlib
         FileHandler reopens its file."""
         with self._reopen_lock:
-            if self._enqueue == self._reopen:
+            if self._dispatch == self._reopen:
                 self.pipeline = Pipeline(self.settings)
-                self._enqueue = self._open_enqueue()
-        self._enqueue(payload)
+                self._dispatch = self._open_dispatch()
+        return self._dispatch(payload)
 
-    def _refuse_without_key(self, payload: QueuedPayload) -> None:
+    def _refuse_without_key(self, payload: QueuedPayload) -> Any:
         if capturing():  # testing.capture() needs no key
-            self.pipeline.submit(payload)
-        else:
-            self.pipeline.reject(no_key_error(), Payload(*payload).message())
+            return self._send_now(payload) if self.settings.sync_mode else (
+                self.pipeline.submit(payload)
+            )
+        self.pipeline.reject(no_key_error(), Payload(*payload).message())
+        return _REFUSED
 
-    def _send_now(self, payload: QueuedPayload) -> None:
+    def _send_now(self, payload: QueuedPayload) -> Any:
+        """Sync mode: the API's answer; a failure is reported (counted, on_error, a warning)
+        and raised."""
         try:
-            self.pipeline.send(payload)
+            return self.pipeline.send(payload)
         except InteraktError as exc:
             self.pipeline.reporter.report(exc, Payload(*payload).message())
             raise
 
-    # -- for the processor and the track module -------------------------------------------------
+    # -- the door for everything that is not a log record -----------------------------------------
 
     def submit(
         self,
-        kind: str,
+        path: str,
         tag: Any,
         *,
         default_event: Optional[str] = None,
-        created: float,
-    ) -> None:
-        """Validate ``tag`` and send it like a tagged record would be. Never raises."""
-        path = _KINDS[kind]
+        created: Optional[float] = None,
+    ) -> Submitted:
+        """Make the Track API call ``path`` (``USERS_PATH`` or ``EVENTS_PATH``) with ``tag``, a
+        dict as a record's ``interakt_user`` / ``interakt_event`` tag holds, as a tagged record
+        would: validated here, then queued (or, in sync mode, sent now). ``default_event`` names
+        an event whose tag has no ``event``; ``created`` is when it happened (epoch seconds,
+        default now; the tag's ``created_at`` wins). The structlog processor, the ``track``
+        module and the command line call this.
+
+        Every failure is reported as a log record's is (counted in ``stats()``, passed to
+        ``on_error``, warned about) and then raised here: ValidationError for bad input, and in
+        sync mode APIError / DeliveryError. A payload refused without raising (a full queue, a
+        close under way, no API key) returns ``accepted=False``.
+        """
         try:
-            payload = payload_from_tag(path, tag, default_event, created)
+            payload = payload_from_tag(
+                path, tag, default_event, time.time() if created is None else created
+            )
         except ValidationError as exc:
             self.pipeline.reject(exc, tag)
-            return
-        with contextlib.suppress(InteraktError):  # enqueue has reported it
-            self._enqueue(payload)
+            raise
+        outcome = self._dispatch(payload)
+        if outcome is _REFUSED or not self.settings.sync_mode:
+            return Submitted(*payload, outcome is True)  # positional: half the cost of keywords
+        return Submitted(*payload, True, outcome)
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -263,7 +297,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             if pipeline is not None:
                 pipeline.close(timeout)
         finally:
-            self._enqueue = self._reopen
+            self._dispatch = self._reopen
             logging.Handler.close(self)
 
     def stats(self) -> Dict[str, Any]:
@@ -272,10 +306,11 @@ class InteraktHandler(logging.handlers.QueueHandler):
         return self.pipeline.stats()
 
 
-class _ListenerControls:
-    """``handler.listener`` as dictConfig users drive it. The sender starts on first use (never
-    in a pre-fork master that logged nothing), so ``start`` has nothing to do; ``stop`` must not
-    merely stop draining the queue, which would leave payloads behind, so it closes."""
+class _ListenerStandIn:
+    """What ``handler.listener`` returns in place of a QueueListener, for dictConfig users. The
+    sender starts on first use (never in a pre-fork master that logged nothing), so ``start``
+    has nothing to do; ``stop`` must not merely stop draining the queue, which would leave
+    payloads behind, so it closes."""
 
     def __init__(self, handler: InteraktHandler) -> None:
         self._handler = handler
@@ -302,8 +337,9 @@ def _holding_logging_lock() -> bool:
     return bool(is_owned is not None and is_owned())
 
 
-def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
-    """The path and tag of a tagged record's ``__dict__`` (or a structlog event dict)."""
+def path_and_tag(d: Mapping[str, Any]) -> Tuple[str, Any]:
+    """The API path and the tag as logged (see ``_redact``) of a tagged mapping: a record's
+    ``__dict__`` or a structlog event dict; ValidationError when it holds both tags."""
     if EVENT_TAG in d:
         if USER_TAG in d:
             raise ValidationError(
@@ -314,7 +350,7 @@ def _tag_of(d: Mapping[str, Any]) -> Tuple[str, Any]:
     return USERS_PATH, original(d[USER_TAG])
 
 
-def _message(record: logging.LogRecord) -> str:
+def _message_as_event(record: logging.LogRecord) -> str:
     """The record's message, the event's default name; a message that cannot be formatted (a
     ``%d`` given a str, a ``__str__`` that raises) is bad input like any other."""
     try:

@@ -15,14 +15,16 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any, FrozenSet, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
 import orjson
 
 from ._errors import ValidationError, _raised, _short_repr
 
 USERS_PATH = "/v1/public/track/users/"
+"""The Track API path of a user call (create or update a user and their traits)."""
 EVENTS_PATH = "/v1/public/track/events/"
+"""The Track API path of an event call (an action on the user's timeline)."""
 
 USER_TAG = "interakt_user"
 EVENT_TAG = "interakt_event"
@@ -31,8 +33,11 @@ _USER_KEYS: FrozenSet[str] = frozenset(
     {"user_id", "phone_number", "country_code", "traits", "created_at"}
 )
 _EVENT_KEYS: FrozenSet[str] = _USER_KEYS | {"event"}
-_ALLOWED_KEYS = {USERS_PATH: _USER_KEYS, EVENTS_PATH: _EVENT_KEYS}
-_TAG_FOR_PATH = {USERS_PATH: USER_TAG, EVENTS_PATH: EVENT_TAG}
+# path -> (the path constant itself, the tag that names it, the keys its tag may hold)
+_PATHS: Dict[str, Tuple[str, str, FrozenSet[str]]] = {
+    USERS_PATH: (USERS_PATH, USER_TAG, _USER_KEYS),
+    EVENTS_PATH: (EVENTS_PATH, EVENT_TAG, _EVENT_KEYS),
+}
 
 DEFAULT_COUNTRY_CODE = "+91"
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME
@@ -93,13 +98,19 @@ def payload_from_tag(
     that raises when read, compared or printed, cycles, depth, NaN, huge ints, lone surrogates).
     The checks that need a walk of the traits run only when orjson refused them or wrote a
     ``null`` (a NaN writes one): the common call pays a scan of the written bytes (~0.1 µs).
+    ``path`` is USERS_PATH or EVENTS_PATH (an equal str will do: the payload holds the constant).
     """
+    rule = _PATHS.get(path) if type(path) is str else None
+    if rule is None:
+        raise ValidationError(
+            "path", path, f"USERS_PATH ({USERS_PATH!r}) or EVENTS_PATH ({EVENTS_PATH!r})"
+        )
+    path, tag_name, allowed = rule
     try:
         if type(tag) is not dict:
-            tag = _as_dict(tag, _TAG_FOR_PATH[path], "a dict with user_id and/or phone_number")
-        allowed = _ALLOWED_KEYS[path]
+            tag = _as_dict(tag, tag_name, "a dict with user_id and/or phone_number")
         if not allowed.issuperset(tag):
-            raise _unknown_key(_TAG_FOR_PATH[path], tag, allowed)
+            raise _unknown_key(tag_name, tag, allowed)
         # One function from the tag to the queued bytes: this runs on every tagged logging call.
         get = tag.get
         user_id = get("user_id")
@@ -107,7 +118,7 @@ def payload_from_tag(
         traits = get("traits")
         created_at = get("created_at")
         body: dict[str, Any] = {}
-        if path is EVENTS_PATH:
+        if path == EVENTS_PATH:
             event = get("event", default_event)
             if type(event) is not str or not event:
                 raise ValidationError("event", event, "a non-empty event name (str)")
@@ -152,15 +163,13 @@ def payload_from_tag(
     except ValidationError:
         raise
     except Exception as exc:  # a tag that breaks while read; the fields' own checks name theirs
-        raise ValidationError(
-            _TAG_FOR_PATH[path], tag, f"a tag that can be read ({_raised(exc)})"
-        ) from None
+        raise ValidationError(tag_name, tag, f"a tag that can be read ({_raised(exc)})") from None
     # orjson returns a short bytes that keeps its whole ~4 KB output buffer allocated; a queued
     # payload holds an exact-size copy instead (about 70 ns, and ~4 KB less per queued event).
     return path, b"".join((data, b"")), created
 
 
-def build_payload(
+def call_tag(
     path: str,
     *,
     user_id: Any,
@@ -169,14 +178,14 @@ def build_payload(
     traits: Any,
     event: Any,
     created_at: Any,
-    created: float,
-) -> QueuedPayload:
-    """The same checks and body from call arguments (the ``track`` module, the CLI)."""
-    fields = {"user_id": user_id, "phone_number": phone_number, "country_code": country_code,
-              "traits": traits, "created_at": created_at}
-    if path is EVENTS_PATH:
-        fields["event"] = event
-    return payload_from_tag(path, fields, None, created)
+) -> Dict[str, Any]:
+    """The tag of a call made with arguments (the ``track`` module, the CLI): the same checks
+    and body as a logged tag; ``event`` belongs to event calls only."""
+    tag = {"user_id": user_id, "phone_number": phone_number, "country_code": country_code,
+           "traits": traits, "created_at": created_at}
+    if path == EVENTS_PATH:
+        tag["event"] = event
+    return tag
 
 
 def _as_dict(value: Any, field: str, expected: str) -> dict[Any, Any]:

@@ -6,13 +6,14 @@ structlog is an optional extra, so nothing here imports it: a processor is just 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import MutableMapping
 from typing import Any, Optional
 
-from ._errors import ValidationError, _raised
-from ._handler import InteraktHandler, _tag_of
+from ._errors import InteraktError, ValidationError, _raised
+from ._handler import InteraktHandler, path_and_tag
 from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, parse_created_at
 
 EventDict = MutableMapping[str, Any]
@@ -31,11 +32,11 @@ class InteraktProcessor:
     ``event``, and ``createdAt`` to its ``timestamp`` (epoch seconds or ISO-8601, as a
     ``TimeStamper`` puts it; naive means UTC) or else now. The payload goes into the handler's
     queue and sender. The tag is then removed from the event dict, so renderers do not write
-    phone numbers and traits into log files, unless ``keep=True``. Never raises: bad input goes
-    to the handler's ``on_error`` and one warning, like a bad log record. Which events reach the
-    processor is structlog's business (a filtering bound logger, say); the handler's level and
-    filters apply to log records only. Anything but a mapping (the processor placed after a
-    renderer) passes through untouched.
+    phone numbers and traits into log files, unless ``keep=True``. Never raises: bad input and
+    (in sync mode) a refused call are reported like a bad log record's (counted, ``on_error``,
+    one warning). Which events reach the processor is structlog's business (a filtering bound
+    logger, say); the handler's level and filters apply to log records only. Anything but a
+    mapping (the processor placed after a renderer) passes through untouched.
     """
 
     __slots__ = ("handler", "keep")
@@ -53,7 +54,7 @@ class InteraktProcessor:
         if EVENT_TAG not in event_dict and USER_TAG not in event_dict:
             return event_dict
         try:
-            self._submit(event_dict)
+            self._send_tagged(event_dict)
         except Exception:  # a tag that breaks while read (a faulty Mapping): not the app's problem
             _logger.exception("interakt-logging: could not read the tag of a structlog event")
         if not self.keep:
@@ -61,23 +62,20 @@ class InteraktProcessor:
             event_dict.pop(USER_TAG, None)
         return event_dict
 
-    def _submit(self, event_dict: EventDict) -> None:
+    def _send_tagged(self, event_dict: EventDict) -> None:
         try:
-            path, tag = _tag_of(event_dict)
-        except ValidationError as exc:  # both tags: one record each, as for log records
-            self.handler.pipeline.reject(exc, event_dict[EVENT_TAG])
-            return
-        default_event = None
-        if path is EVENTS_PATH and not (type(tag) is dict and "event" in tag):
-            try:
+            path, tag = path_and_tag(event_dict)  # both tags: one record each, as for records
+            default_event = None
+            if path == EVENTS_PATH and not (type(tag) is dict and "event" in tag):
                 default_event = _event_name(event_dict.get("event"))
-            except ValidationError as exc:  # bad input like any other: reported, not logged
-                self.handler.pipeline.reject(exc, tag)
-                return
-        self.handler.submit(
-            "event" if path is EVENTS_PATH else "user", tag,
-            default_event=default_event, created=_created(event_dict.get("timestamp")),
-        )
+        except ValidationError as exc:  # found before there is a call: reported as submit would
+            self.handler.pipeline.reject(exc, event_dict[EVENT_TAG])  # an event tag, either way
+            return
+        with contextlib.suppress(InteraktError):  # reported by submit
+            self.handler.submit(
+                path, tag, default_event=default_event,
+                created=_created_from_timestamp(event_dict.get("timestamp")),
+            )
 
 
 def _event_name(name: Any) -> Optional[str]:
@@ -93,7 +91,7 @@ def _event_name(name: Any) -> Optional[str]:
         ) from None
 
 
-def _created(timestamp: Any) -> float:
+def _created_from_timestamp(timestamp: Any) -> float:
     """The event dict's ``timestamp`` as epoch seconds; now when absent or not a time (a custom
     TimeStamper format is the log's business, not a reason to lose the event)."""
     if timestamp is not None:

@@ -1,26 +1,27 @@
 """A drop-in for interakt-track-python's module API: ``from interakt_logging import track``.
 
 The settings are module attributes with the original SDK's names and defaults, read once, when the
-first call builds the default InteraktHandler (``default_client``). Every call is validated and
-serialized at the call (bad arguments raise ValidationError naming the field, in background and
-sync mode alike) and goes through that handler's pipeline: its queue and its sender, the same a
-logged record takes. Assigning a handler the app already has to ``default_client`` makes the
-calls share it. ``shutdown()`` delivers what is queued and drops the default client, so a later
-call builds a fresh one from the (possibly changed) attributes.
+first call builds the default InteraktHandler (``default_client``). Every call goes through that
+handler's ``submit``, as the structlog processor's do: validated and serialized at the call, then
+its queue and its sender, the same a logged record takes. A failure is reported as a logged
+record's is (counted, ``on_error``, a warning) and raised: ValidationError naming the field for
+bad arguments, in background and sync mode alike, and in sync mode APIError / DeliveryError.
+Assigning a handler the app already has to ``default_client`` makes the calls share it.
+``shutdown()`` delivers what is queued and drops the default client, so a later call builds a
+fresh one from the (possibly changed) attributes.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import orjson
 
 from ._backlog import FlushResult
 from ._handler import InteraktHandler
-from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, QueuedPayload, build_payload
+from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, call_tag
 from ._pipeline import capturing
 from ._settings import ErrorCallback, require_api_key
 
@@ -53,11 +54,12 @@ def user(
 
     Background mode returns ``(True, {"path": ..., "body": ...})`` once queued, ``(False, same)``
     when the queue was full or the client closed; sync mode returns the API's JSON answer and
-    raises APIError (with ``status_code``) or DeliveryError when the call fails.
+    raises APIError (with ``status_code``) or DeliveryError when the call fails. Either way a
+    failure is reported to ``on_error`` first, and bad arguments raise ValidationError.
     """
-    return _call(build_payload(
+    return _submit(USERS_PATH, call_tag(
         USERS_PATH, user_id=user_id, phone_number=phone_number, country_code=country_code,
-        traits=traits, event=None, created_at=created_at, created=time.time(),
+        traits=traits, event=None, created_at=created_at,
     ))
 
 
@@ -70,9 +72,9 @@ def event(
     created_at: Any = None,
 ) -> Any:
     """Record an event on the user's timeline; returns like ``user()``."""
-    return _call(build_payload(
+    return _submit(EVENTS_PATH, call_tag(
         EVENTS_PATH, user_id=user_id, phone_number=phone_number, country_code=country_code,
-        traits=traits, event=event, created_at=created_at, created=time.time(),
+        traits=traits, event=event, created_at=created_at,
     ))
 
 
@@ -99,18 +101,18 @@ def join() -> None:
     shutdown()
 
 
-def _call(payload: QueuedPayload) -> Any:
-    client = default_client or _client()
+def _submit(path: str, tag: Dict[str, Any]) -> Any:
+    """One call through the default client's ``submit``, answered as the original SDK did."""
+    client = default_client or _build_default_client()
+    submitted = client.submit(path, tag)
     if client.settings.sync_mode:
-        return client.pipeline.send(payload)
+        return submitted.answer
     # As the original: whether it was queued, and the message as queued (the sender adds
     # createdAt; on_error receives the message with it).
-    queued = client.pipeline.submit(payload)
-    path, body, _ = payload
-    return queued, {"path": path, "body": orjson.loads(body)}
+    return submitted.accepted, {"path": submitted.path, "body": orjson.loads(submitted.body)}
 
 
-def _client() -> InteraktHandler:
+def _build_default_client() -> InteraktHandler:
     global default_client
     with _client_lock:
         if default_client is None:

@@ -8,7 +8,14 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from interakt_logging import InteraktHandler, InteraktProcessor, ValidationError, _pipeline, track
+from interakt_logging import (
+    USERS_PATH,
+    InteraktHandler,
+    InteraktProcessor,
+    ValidationError,
+    _pipeline,
+    track,
+)
 from interakt_logging.testing import MockInteraktServer, capture
 
 
@@ -83,7 +90,7 @@ def test_sync_mode_is_captured_too(shop: logging.Logger, no_key: None) -> None:
         handler = InteraktHandler(sync_mode=True)
         shop.addHandler(handler)
         shop.info("Paid", extra={"interakt_event": {"user_id": "7"}})
-        handler.submit("user", {"user_id": "7"}, created=0.0)
+        handler.submit(USERS_PATH, {"user_id": "7"}, created=0.0)
     assert [(c.kind, c.name) for c in captured] == [("event", "Paid"), ("user", None)]
     assert captured[1].body["createdAt"] == "1970-01-01T00:00:00.000Z"
 

@@ -7,6 +7,7 @@ on each thread raises, so a part that is called again on the same thread succeed
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from interakt_logging import APIError, DeliveryError, InteraktHandler
+from interakt_logging import EVENTS_PATH, APIError, DeliveryError, InteraktHandler, ValidationError
 from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
 
 from .conftest import log_from_threads, run_python, wait_until
@@ -431,11 +432,13 @@ def test_a_report_made_inside_on_error_reaches_the_counters_but_not_on_error_aga
 
     def on_error(error: Exception, payload: Any) -> None:
         calls.append(payload)
-        handler.submit("event", {"user_id": "x", "phone_number": "bad"}, created=0.0)
+        with contextlib.suppress(ValidationError):  # reported (not to on_error), then raised
+            handler.submit(EVENTS_PATH, {"user_id": "x", "phone_number": "bad"}, created=0.0)
 
     handler = InteraktHandler(api_key="k", host="http://127.0.0.1:9", on_error=on_error)
     try:
-        handler.submit("event", {"user_id": "y", "phone_number": "bad"}, created=0.0)
+        with pytest.raises(ValidationError):
+            handler.submit(EVENTS_PATH, {"user_id": "y", "phone_number": "bad"}, created=0.0)
         assert [c["user_id"] for c in calls] == ["y"]
         assert handler.stats()["failed"] == 2
         assert [r for r in library_log if "while on_error was running" in r.getMessage()]

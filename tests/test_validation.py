@@ -153,8 +153,9 @@ def test_a_mapping_that_cannot_be_read_is_a_validation_error(
 ) -> None:
     errors: list[Exception] = []
     handler = make_handler(on_error=lambda e, p: errors.append(e))
-    handler.submit("event", UnreadableMapping(), default_event="E", created=0.0)  # never raises
-    handler.submit("event", {"user_id": "1", "traits": UnreadableMapping()}, default_event="E", created=0.0)
+    for tag in (UnreadableMapping(), {"user_id": "1", "traits": UnreadableMapping()}):
+        with pytest.raises(ValidationError):  # reported, then raised
+            handler.submit(EVENTS_PATH, tag, default_event="E", created=0.0)
     assert [type(e) for e in errors] == [ValidationError, ValidationError]
     assert "RuntimeError" in str(errors[0])
     assert isinstance(errors[1], ValidationError) and errors[1].field == "traits"
