@@ -68,7 +68,9 @@ class MemoryBacklog:
 
     def __init__(self, room: int) -> None:
         self._room = room
-        self._lock = threading.Lock()
+        # Re-entrant: flush() holds it on the calling thread, and a signal handler that
+        # flushes or closes right then must not wait for that very thread.
+        self._lock = threading.RLock()
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
         self._waiting: Deque[Payload] = collections.deque()
