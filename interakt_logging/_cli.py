@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="HTTP status to answer every request with (default: %(default)s)")
     mock.add_argument("--retry-after", default=None, metavar="VALUE",
                       help="a Retry-After header to add to every answer (e.g. with --status 429)")
-    mock.set_defaults(command=_mock_server)
+    mock.set_defaults(command=_serve_mock_api)
 
     outbox = sub.add_parser(
         "outbox", help="inspect, deliver or empty a durable outbox file",
@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         if action == "purge":
             sub_action.add_argument("--yes", action="store_true",
                                     help="do it (without --yes, only say what would be deleted)")
-        sub_action.set_defaults(command=_outbox, action=action)
+        sub_action.set_defaults(command=_maintain_outbox, action=action)
     return parser
 
 
@@ -310,7 +310,7 @@ def _parse_traits(text: Optional[str]) -> Optional[Dict[str, Any]]:
 # -- mock-server -----------------------------------------------------------------------------------
 
 
-def _mock_server(args: argparse.Namespace) -> int:
+def _serve_mock_api(args: argparse.Namespace) -> int:
     lock = threading.Lock()
 
     def show(request: RecordedRequest) -> None:
@@ -374,7 +374,7 @@ def describe_census(path: str, census: OutboxCensus) -> str:
     return "\n".join(lines)
 
 
-def _outbox(args: argparse.Namespace) -> int:
+def _maintain_outbox(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
     before = census(path)
     print(describe_census(path, before))
