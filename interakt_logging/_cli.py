@@ -23,7 +23,7 @@ from ._errors import APIError, InteraktError, ValidationError
 from ._handler import InteraktHandler
 from ._mock_server import MockInteraktServer, RecordedRequest, Reply
 from ._outbox import OutboxCensus, census, purge
-from ._payload import EVENTS_PATH, USERS_PATH, Payload, call_tag, format_created
+from ._payload import EVENTS_PATH, USERS_PATH, Payload, format_created
 from ._settings import API_KEY_ENV, HOST_ENV, require_api_key
 from ._version import __version__
 
@@ -250,15 +250,10 @@ def _send_call(args: argparse.Namespace) -> int:
     """One call through ``InteraktHandler.submit`` in sync mode: the request and the answer on
     stdout, a failure on stderr (it was reported by the handler first, as any call's is)."""
     require_api_key(None)
-    tag = call_tag(
-        args.path,
-        user_id=args.user_id,
-        phone_number=args.phone,
-        country_code=args.country_code,
-        traits=_parse_traits(args.traits),
-        event=getattr(args, "name", None),
-        created_at=args.created_at,
-    )
+    tag = {"user_id": args.user_id, "phone_number": args.phone, "country_code": args.country_code,
+           "traits": _parse_traits(args.traits), "created_at": args.created_at}
+    if args.path == EVENTS_PATH:
+        tag["event"] = args.name
     sent: List[Any] = []  # what on_error was given with a failed call: the request as sent
 
     def keep_request(error: Exception, message: Any) -> None:

@@ -100,12 +100,12 @@ def payload_from_tag(
     ``null`` (a NaN writes one): the common call pays a scan of the written bytes (~0.1 µs).
     ``path`` is USERS_PATH or EVENTS_PATH (an equal str will do: the payload holds the constant).
     """
-    rule = _PATHS.get(path) if type(path) is str else None
-    if rule is None:
+    try:
+        path, tag_name, allowed = _PATHS[path]
+    except Exception:  # not a key: an unknown path, unhashable, a str subclass that raises
         raise ValidationError(
             "path", path, f"USERS_PATH ({USERS_PATH!r}) or EVENTS_PATH ({EVENTS_PATH!r})"
-        )
-    path, tag_name, allowed = rule
+        ) from None
     try:
         if type(tag) is not dict:
             tag = _as_dict(tag, tag_name, "a dict with user_id and/or phone_number")
@@ -167,25 +167,6 @@ def payload_from_tag(
     # orjson returns a short bytes that keeps its whole ~4 KB output buffer allocated; a queued
     # payload holds an exact-size copy instead (about 70 ns, and ~4 KB less per queued event).
     return path, b"".join((data, b"")), created
-
-
-def call_tag(
-    path: str,
-    *,
-    user_id: Any,
-    phone_number: Any,
-    country_code: Any,
-    traits: Any,
-    event: Any,
-    created_at: Any,
-) -> Dict[str, Any]:
-    """The tag of a call made with arguments (the ``track`` module, the CLI): the same checks
-    and body as a logged tag; ``event`` belongs to event calls only."""
-    tag = {"user_id": user_id, "phone_number": phone_number, "country_code": country_code,
-           "traits": traits, "created_at": created_at}
-    if path == EVENTS_PATH:
-        tag["event"] = event
-    return tag
 
 
 def _as_dict(value: Any, field: str, expected: str) -> dict[Any, Any]:

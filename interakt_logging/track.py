@@ -21,7 +21,7 @@ import orjson
 
 from ._backlog import FlushResult
 from ._handler import InteraktHandler
-from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH, call_tag
+from ._payload import DEFAULT_COUNTRY_CODE, EVENTS_PATH, USERS_PATH
 from ._pipeline import capturing
 from ._settings import ErrorCallback, require_api_key
 
@@ -57,10 +57,10 @@ def user(
     raises APIError (with ``status_code``) or DeliveryError when the call fails. Either way a
     failure is reported to ``on_error`` first, and bad arguments raise ValidationError.
     """
-    return _submit(USERS_PATH, call_tag(
-        USERS_PATH, user_id=user_id, phone_number=phone_number, country_code=country_code,
-        traits=traits, event=None, created_at=created_at,
-    ))
+    return _submit(USERS_PATH, {
+        "user_id": user_id, "phone_number": phone_number, "country_code": country_code,
+        "traits": traits, "created_at": created_at,
+    })
 
 
 def event(
@@ -72,10 +72,10 @@ def event(
     created_at: Any = None,
 ) -> Any:
     """Record an event on the user's timeline; returns like ``user()``."""
-    return _submit(EVENTS_PATH, call_tag(
-        EVENTS_PATH, user_id=user_id, phone_number=phone_number, country_code=country_code,
-        traits=traits, event=event, created_at=created_at,
-    ))
+    return _submit(EVENTS_PATH, {
+        "user_id": user_id, "phone_number": phone_number, "country_code": country_code,
+        "traits": traits, "created_at": created_at, "event": event,
+    })
 
 
 def flush(timeout: Optional[float] = None) -> FlushResult:
@@ -102,14 +102,15 @@ def join() -> None:
 
 
 def _submit(path: str, tag: Dict[str, Any]) -> Any:
-    """One call through the default client's ``submit``, answered as the original SDK did."""
+    """One call through the default client's ``submit``, answered as the original SDK did.
+    ``tag`` holds the call's arguments as a logged tag would."""
     client = default_client or _build_default_client()
-    submitted = client.submit(path, tag)
+    path, body, _, accepted, answer = client.submit(path, tag)  # a Submitted
     if client.settings.sync_mode:
-        return submitted.answer
+        return answer
     # As the original: whether it was queued, and the message as queued (the sender adds
     # createdAt; on_error receives the message with it).
-    return submitted.accepted, {"path": submitted.path, "body": orjson.loads(submitted.body)}
+    return accepted, {"path": path, "body": orjson.loads(body)}
 
 
 def _build_default_client() -> InteraktHandler:
