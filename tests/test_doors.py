@@ -82,15 +82,24 @@ def library_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], 
                        if r.name == "interakt_logging" and r.levelno == logging.WARNING]
 
 
-def _reporting_handler(
-    make_handler: Callable[..., InteraktHandler], sync: bool
-) -> Tuple[InteraktHandler, Reports, List[logging.LogRecord]]:
-    reports: Reports = []
-    handler = make_handler(sync_mode=sync, max_retries=0,
-                           on_error=lambda error, payload: reports.append((error, payload)))
-    logging_errors: List[logging.LogRecord] = []
-    handler.handleError = logging_errors.append  # type: ignore[method-assign]
-    return handler, reports, logging_errors
+class Outcome:
+    """One call through a door onto a handler that records what it reports: ``raised`` is what
+    the caller saw raised, ``reports`` what on_error got, ``logging_errors`` the records
+    logging's error hook (``handleError``) got."""
+
+    def __init__(self, door: Door, make_handler: Callable[..., InteraktHandler], sync: bool,
+                 tag: dict[str, Any]) -> None:
+        self.reports: Reports = []
+        self.handler = make_handler(sync_mode=sync, max_retries=0, on_error=lambda error,
+                                    payload: self.reports.append((error, payload)))
+        self.logging_errors: List[logging.LogRecord] = []
+        self.handler.handleError = self.logging_errors.append  # type: ignore[method-assign]
+        self.raised: Optional[Exception] = None
+        try:
+            door.call(self.handler, tag)
+        except (APIError, ValidationError) as exc:
+            self.raised = exc
+        self.handler.flush(10)
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["background", "sync"])
@@ -100,28 +109,19 @@ def test_a_refusal_is_reported_the_same_from_every_door(
     make_handler: Callable[..., InteraktHandler], library_warnings: Callable[[], List[str]],
 ) -> None:
     server.script(REFUSAL)
-    handler, reports, logging_errors = _reporting_handler(make_handler, sync)
-    raised: Optional[BaseException] = None
-    try:
-        door.call(handler, GOOD)
-    except APIError as exc:
-        raised = exc
-    handler.flush(10)
+    outcome = Outcome(door, make_handler, sync, GOOD)
 
-    (error, message), = reports
+    (error, message), = outcome.reports
     assert isinstance(error, APIError) and error.status_code == 400
     assert message["path"] == EVENTS_PATH
     assert message["body"]["event"] == "Order Placed" and message["body"]["userId"] == "u-1"
-    assert handler.stats()["failed"] == 1 and handler.stats()["sent"] == 0
+    assert outcome.handler.stats()["failed"] == 1 and outcome.handler.stats()["sent"] == 0
     assert [w for w in library_warnings() if "400" in w] != []
     assert len(server.requests) == 1  # a 400 is never retried
     # what the caller sees: only track in sync mode raises (the original SDK's behaviour)
-    if door.name == "track" and sync:
-        assert raised is error
-    else:
-        assert raised is None
+    assert outcome.raised is (error if door.name == "track" and sync else None)
     # logging's own error hook hears of a sync-mode failure of a log call, as for any handler
-    assert len(logging_errors) == (1 if sync and door.name == "log-record" else 0)
+    assert len(outcome.logging_errors) == (1 if sync and door.name == "log-record" else 0)
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["background", "sync"])
@@ -130,22 +130,17 @@ def test_bad_input_is_reported_the_same_from_every_door(
     door: Door, sync: bool, server: MockInteraktServer,
     make_handler: Callable[..., InteraktHandler], library_warnings: Callable[[], List[str]],
 ) -> None:
-    handler, reports, logging_errors = _reporting_handler(make_handler, sync)
-    raised: Optional[BaseException] = None
-    try:
-        door.call(handler, BAD)
-    except ValidationError as exc:
-        raised = exc
+    outcome = Outcome(door, make_handler, sync, BAD)
 
-    (error, tag), = reports
+    (error, tag), = outcome.reports
     assert isinstance(error, ValidationError) and error.field == "phone_number"
     assert tag["phone_number"] == "99-99"  # on_error gets the tag (or call) as given
-    assert handler.stats()["failed"] == 1
+    assert outcome.handler.stats()["failed"] == 1
     assert [w for w in library_warnings() if "phone_number" in w] != []
     assert server.requests == []
     # track raises it at the call, in both modes; a log call and the processor never raise
-    assert raised is (error if door.name == "track" else None)
-    assert len(logging_errors) == (1 if sync and door.name == "log-record" else 0)
+    assert outcome.raised is (error if door.name == "track" else None)
+    assert len(outcome.logging_errors) == (1 if sync and door.name == "log-record" else 0)
 
 
 # -- the command line: the same handler door, its own way of telling -------------------------------
