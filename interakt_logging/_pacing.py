@@ -57,6 +57,11 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self._rate
 
+    def charge(self, tokens: float, now: float) -> None:
+        """Take ``tokens`` more than there are (a debt the rate pays off before the next take)."""
+        self._refill(now)
+        self._tokens -= tokens
+
     def _refill(self, now: float) -> None:
         if self._rate is not None:
             self._tokens = min(1.0, self._tokens + max(0.0, now - self._refilled) * self._rate)
@@ -76,8 +81,16 @@ class RateMeter:
         self._forget(now)
 
     def rate(self, now: float) -> float:
+        return self.count(now) / self._window
+
+    def count(self, now: float) -> int:
+        """Events in the window, and (``oldest``) when the first of them happened."""
         self._forget(now)
-        return len(self._times) / self._window
+        return len(self._times)
+
+    @property
+    def oldest(self) -> float:
+        return self._times[0] if self._times else float("nan")
 
     def _forget(self, now: float) -> None:
         times = self._times
@@ -89,31 +102,42 @@ class CubicRate:
     """The rate to go on with since the last cut: from ``start`` up a CUBIC curve (as in TCP and
     botocore) that flattens at ``plateau`` after ``recovery`` seconds, then probes above it
     faster and faster. Its constant scales with the rates, so the curve has the same shape at
-    2/s and at 200/s: eight processes sharing 20/s probe as hard together as one alone."""
+    2/s and at 200/s: eight processes sharing 20/s probe as hard together as one alone. When
+    the share is unknown (``doubling``), the rate also doubles every second, as TCP's slow
+    start does, until the next cut tells it more."""
 
     PROBE = 0.15  # the least climb, as a share of the plateau, that the curve is scaled for
 
     def __init__(self, recovery: float = 2.0) -> None:
         self._recovery = recovery
+        self._start = 0.0
         self._plateau = 0.0
         self._scale = 0.0
+        self._cut_at = 0.0
         self._flat_at = 0.0
+        self._doubling = False
 
-    def restart(self, start: float, plateau: float, now: float) -> None:
+    def restart(self, start: float, plateau: float, now: float, doubling: bool = False) -> None:
         rise = plateau - start
+        self._start = start
         self._plateau = plateau
         self._scale = max(rise, self.PROBE * plateau) / self._recovery**3
+        self._cut_at = now
         self._flat_at = now + (rise / self._scale) ** (1 / 3)
+        self._doubling = doubling
 
     def at(self, now: float) -> float:
-        return self._plateau + self._scale * (now - self._flat_at) ** 3
+        rate = self._plateau + self._scale * (now - self._flat_at) ** 3
+        if self._doubling:
+            rate = max(rate, self._start * 2.0 ** (now - self._cut_at))
+        return rate
 
 
 class AdaptivePace:
     """This process's request rate: unlimited (or ``ceiling``, the ``rate_limit`` setting)
     until the first 429, then found by cutting on 429s and growing on accepted calls. Growth is
     capped at twice the rate actually sent, so a quiet spell does not bank a rate the API
-    never accepted (it restarts low and doubles, like a slow start)."""
+    never accepted; an accepted call never lowers the pace."""
 
     CUT = 0.85  # on a 429, to this much of the rate accepted; back to all of it in 2 s
     ROUND = 1.0  # seconds: at most one cut per round, the span the accepted rate is taken over
@@ -144,7 +168,7 @@ class AdaptivePace:
         self._accepted.record(now)
         if self._adaptive:
             grown = min(self._curve.at(now), 2 * self._sent.rate(now))
-            self._set(max(grown, MIN_RATE), now, "accepted")
+            self._set(max(grown, self._bucket.rate or MIN_RATE), now, "accepted")
 
     def throttled(self, sent_at: float, now: float) -> bool:
         """A 429 for a request sent at ``sent_at``: cut the rate, once per round (a request
@@ -156,17 +180,22 @@ class AdaptivePace:
         the pace drops to the minimum and climbs back towards where it was."""
         if sent_at < self._cut_at or now < self._cut_at + self.ROUND:
             return False
-        share = self._accepted.rate(now)
-        if share > 0:
-            start = self.CUT * share
-        else:
+        accepted = self._accepted.count(now)
+        if accepted:
+            share = accepted / self.ROUND
+            start = max(self.CUT * share, MIN_RATE)
+        else:  # others took the whole window: this process's share is unknown
             start = MIN_RATE
             share = self.CUT * (self._bucket.rate or self._sent.rate(now))
-        start = max(start, MIN_RATE)
         self._adaptive = True
         self._cut_at = now
-        self._curve.restart(start, max(share, start), now)
+        self._curve.restart(start, max(share, start), now, doubling=not accepted)
         self._set(start, now, "429")
+        # What was accepted faster than the new pace (a burst at start-up, say) still fills
+        # the API's window: owe it, so the pace resumes once that burst has aged out of it.
+        ahead = accepted - 1 - start * (now - self._accepted.oldest) if accepted else 0.0
+        if ahead > 0:
+            self._bucket.charge(ahead, now)
         return True
 
     def _set(self, rate: float, now: float, why: str) -> None:

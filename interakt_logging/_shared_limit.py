@@ -39,7 +39,7 @@ if free < now then free = now end
 local wait = free - now
 if wait > tonumber(ARGV[2]) then return -wait end
 local interval = tonumber(ARGV[1])
-local ttl = math.ceil((wait + interval) / 1000) + 1000
+local ttl = math.ceil((wait + interval) / 1000) + 60000  -- ms; a minute past the last slot
 redis.call('SET', KEYS[1], tostring(free + interval), 'PX', ttl)
 return wait
 """
