@@ -15,6 +15,7 @@ import logging
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
+from hypothesis import given
 
 from interakt_logging import (
     EVENTS_PATH,
@@ -28,7 +29,9 @@ from interakt_logging import (
 )
 from interakt_logging._cli import main as cli_main
 from interakt_logging._payload import payload_from_tag
-from interakt_logging.testing import MockInteraktServer, Reply
+from interakt_logging.testing import MockInteraktServer, Reply, capture
+
+from .test_properties import hostile, json_like, tags
 
 REFUSAL = Reply(400, body={"result": False, "message": "Invalid phone number"})
 GOOD = {"user_id": "u-1", "traits": {"orderNumber": "CUS001"}}
@@ -195,6 +198,23 @@ def test_submit_returns_what_became_of_the_call(
     assert len(server.delivered) == 2
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["background", "sync"])
+def test_submit_without_a_key_refuses_as_a_log_call_does(
+    sync: bool, monkeypatch: pytest.MonkeyPatch, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler],
+) -> None:
+    """No key: reported (the ValidationError for api_key) and not raised, as for a log record
+    in an app started without its key; ``accepted`` says it was not taken."""
+    monkeypatch.delenv("INTERAKT_API_KEY")
+    reports: Reports = []
+    handler = make_handler(sync_mode=sync,
+                           on_error=lambda error, payload: reports.append((error, payload)))
+    submitted = handler.submit(EVENTS_PATH, dict(GOOD), default_event="Order Placed")
+    assert (submitted.accepted, submitted.answer) == (False, None)
+    assert [(type(e), e.field) for e, _ in reports] == [(ValidationError, "api_key")]
+    assert handler.stats()["failed"] == 1 and server.requests == []
+
+
 def test_a_path_equal_to_the_constant_but_built_elsewhere_is_the_constant(
     server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
@@ -223,3 +243,43 @@ def test_a_path_that_is_not_a_track_api_path_is_bad_input(
     assert info.value.field == "path" and "EVENTS_PATH" in info.value.expected
     assert [error for error, _ in reports] == [info.value]
     assert server.requests == []
+
+
+# -- the same tag, whatever it holds, ends the same way from every door ----------------------------
+
+
+def _end_of(tag: dict[str, Any], door: str) -> Tuple[str, Any]:
+    """How one tag ended through ``door``: ("sent", body without createdAt) or ("refused",
+    the field the reported ValidationError names). Checks that nothing else happened."""
+    reports: Reports = []
+    logging_errors: List[logging.LogRecord] = []
+    with capture() as captured:
+        handler = InteraktHandler(on_error=lambda error, payload: reports.append((error, payload)))
+        handler.handleError = logging_errors.append  # type: ignore[method-assign]
+        try:
+            if door == "log-record":
+                _log_record(handler, tag)
+            elif door == "processor":
+                assert _processor(handler, tag) == {"event": "Order Placed"}
+            else:
+                try:
+                    handler.submit(EVENTS_PATH, tag, default_event="Order Placed")
+                except ValidationError as exc:
+                    assert [error for error, _ in reports] == [exc]  # reported, then raised
+            assert handler.flush(10)
+        finally:
+            handler.close()
+    assert logging_errors == []
+    if captured:
+        assert reports == []
+        (call,) = captured
+        return "sent", {k: v for k, v in call.body.items() if k != "createdAt"}
+    (error, _), = reports
+    assert isinstance(error, ValidationError)
+    return "refused", error.field
+
+
+@given(tag=tags(json_like) | tags(hostile))
+def test_any_tag_ends_the_same_way_from_every_door(tag: dict[str, Any]) -> None:
+    ends = {door: _end_of(tag, door) for door in ("log-record", "processor", "submit")}
+    assert ends["processor"] == ends["log-record"] and ends["submit"] == ends["log-record"], ends
