@@ -13,7 +13,7 @@ import heapq
 import threading
 import time
 from dataclasses import dataclass
-from typing import Deque, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ._payload import Payload
 
@@ -82,6 +82,8 @@ class MemoryBacklog:
         self._stopping = False
         self._finished = 0  # payloads finished so far: how a drain sees progress
         self._taken_back = 0  # unfinished payloads stop() took back
+        self._stranded: List[Payload] = []  # due for a retry after stopping: nobody will
+        self.on_stranded: Optional[Callable[[Payload], None]] = None
         # outcomes of payloads queued after the last placed marker: (delivered, failed)
         self._tally = [0, 0]
 
@@ -142,10 +144,24 @@ class MemoryBacklog:
 
     def retry_later(self, payload: Payload, delay: float) -> None:
         """Hand an in-flight payload back for another attempt after ``delay`` seconds; the
-        worker is free meanwhile, and flush still waits for it."""
+        worker is free meanwhile, and flush still waits for it. Once stopped nobody would
+        retry it: it is stranded, handed to ``on_stranded`` when set (a close left requests out
+        and has ended: the pipeline settles it now), else kept for the next ``stop``."""
         with self._lock:
-            heapq.heappush(self._retries, (time.monotonic() + delay, payload.seq, payload))
-            self._has_work.notify()
+            if not self._stopping:
+                heapq.heappush(self._retries, (time.monotonic() + delay, payload.seq, payload))
+                self._has_work.notify()
+                return
+            if self._in_flight.pop(id(payload), None) is None:
+                return  # taken back by stop already
+            settle = self.on_stranded
+            if settle is None:
+                self._stranded.append(payload)
+            else:
+                self._finished += 1
+            self._release_markers()
+        if settle is not None:
+            settle(payload)
 
     def begin_settle(self, payload: Payload) -> bool:
         """A worker is about to count and report ``payload``'s outcome, then ``finish`` it:
@@ -240,11 +256,14 @@ class MemoryBacklog:
         return sum(1 for payload in unfinished if payload.seq <= seq) + on_disk_only
 
     def _release_markers(self) -> None:
-        oldest = self._oldest_seq()
+        # Once stopped, only the requests still out (in memory) are unfinished here: the rest
+        # was taken back, even if an outbox still holds its rows for the next process.
+        oldest = MemoryBacklog._oldest_seq(self) if self._stopping else self._oldest_seq()
         keep = []
         for marker in self._markers:
             if oldest is None or oldest > marker.seq:
-                marker.finished = True
+                marker.pending = sum(1 for p in self._stranded if p.seq <= marker.seq)
+                marker.finished = not marker.pending
                 marker.done.set()
             else:
                 keep.append(marker)
@@ -264,33 +283,49 @@ class MemoryBacklog:
             self._has_work.notify_all()
             self._has_room.notify_all()
 
-    def stop(self) -> Unfinished:
+    def stop(self, keep_sending: bool = False) -> Unfinished:
         """Stop handing out payloads and take back every unfinished one, except those whose
-        outcome a worker is already counting (it finishes them). Releases every marker, unfinished.
-        What is returned is the caller's to keep or report; a later ``finish`` of one of them
-        returns False, so it is never counted twice."""
+        outcome a worker is already counting (it finishes them) and, with ``keep_sending``,
+        those whose request is out (their workers finish them; ``sending`` lists them). Releases
+        every marker, unfinished. What is taken back is the caller's to keep or report; a later
+        ``finish`` of one of them returns False, so it is never counted twice."""
         with self._lock:
             self._stopping = True
             retrying = {id(entry[2]) for entry in self._retries}
-            settling = {key: self._in_flight[key] for key in self._settling}
-            waiting = list(self._waiting)
+            still_out = {key: self._in_flight[key] for key in self._settling}
+            waiting = [*self._waiting, *self._stranded]
             sending: List[Payload] = []
             for key, payload in self._in_flight.items():
-                if key in settling:
+                if key in self._settling:
                     continue
-                (waiting if key in retrying else sending).append(payload)
+                if key in retrying:
+                    waiting.append(payload)
+                else:
+                    sending.append(payload)
+                    if keep_sending:
+                        still_out[key] = payload
             self._waiting.clear()
-            self._in_flight = settling  # their workers count, report and finish them
+            self._stranded = []
+            self._in_flight = still_out  # their workers count, report and finish them
             self._retries.clear()
             self._has_work.notify_all()
             self._has_room.notify_all()
-            left = [*waiting, *sending]
+            left = waiting if keep_sending else [*waiting, *sending]
             self._taken_back = len(left)
             for marker in self._markers:
                 marker.pending = sum(1 for payload in left if payload.seq <= marker.seq)
                 marker.done.set()
             self._markers = []
             return Unfinished(waiting, sending)
+
+    def mark_sending(self, marker: FlushMarker) -> None:
+        """After ``stop(keep_sending=True)``: ``marker`` is done once the requests still out
+        have finished (or a retry stranded them)."""
+        with self._lock:
+            marker.seq = self._last_seq
+            marker.placed = True
+            self._markers.append(marker)
+            self._release_markers()
 
     def release_unplaced(self, marker: FlushMarker, ahead: int) -> None:
         """After ``stop``: release a marker the listener never placed, with ``ahead`` payloads

@@ -40,17 +40,21 @@ PROGRESS_EVERY_LINES = 5.0  # how often a new line is written elsewhere (a log f
 @dataclass(frozen=True)
 class Undelivered:
     """What a drain could not deliver: ``lost`` (reported to on_error) and ``kept`` (left in
-    the outbox for a later process)."""
+    the outbox for a later process); ``out``: requests still waiting for the API's answer,
+    left to their workers (a close that is not the process's last word)."""
 
     lost: int = 0
     kept: int = 0
+    out: int = 0
 
     @property
     def undelivered(self) -> int:
         return self.lost + self.kept
 
     def __add__(self, other: Undelivered) -> Undelivered:
-        return Undelivered(self.lost + other.lost, self.kept + other.kept)
+        return Undelivered(
+            self.lost + other.lost, self.kept + other.kept, self.out + other.out
+        )
 
 
 class Drainable(Protocol):
@@ -65,7 +69,7 @@ class Drainable(Protocol):
 
     def begin_close(self) -> Optional[FlushMarker]: ...
 
-    def end_close(self, why: str, grace: float) -> Undelivered: ...
+    def end_close(self, why: str, grace: float, final: bool) -> Undelivered: ...
 
     def after_fork(self) -> None: ...
 
@@ -91,7 +95,7 @@ def drain_all(reason: str = "exit") -> Undelivered:
     handler in the middle of the first, resumes where the first stands and never reports a
     payload twice. Never raises."""
     try:
-        return drain(list(_pipelines), progress=ProgressLine(reason))
+        return drain(list(_pipelines), final=True, progress=ProgressLine(reason))
     except KeyboardInterrupt:
         return Undelivered()  # drain has reported the rest and warned
     except Exception:  # pragma: no cover - a bug must not escape into the exit
@@ -102,14 +106,17 @@ def drain_all(reason: str = "exit") -> Undelivered:
 def drain(
     pipelines: List[Drainable],
     *,
+    final: bool,
     deadline: Optional[float] = None,
     progress: Optional[ProgressLine] = None,
 ) -> Undelivered:
     """Wait until everything the pipelines have queued is finished, then end them. Each one
     is given up ``shutdown_timeout`` seconds after its last finished payload (an API that is
-    down or hangs), or at ``deadline`` (monotonic) when one is given. Ctrl-C ends them all at
-    once, reporting the rest, and is raised again. Any other exception (``sys.exit`` from a
-    signal handler) leaves them closing, so the exit drain resumes them."""
+    down or hangs), or at ``deadline`` (monotonic) when one is given. Requests still out then
+    are reported when ``final`` (the process ends next), else left to their workers until
+    the next drain. Ctrl-C ends them all at once, reporting the rest, and is raised again. Any
+    other exception (``sys.exit`` from a signal handler) leaves them closing, so the exit
+    drain resumes them."""
     watches = [_Watch(p, m) for p in pipelines for m in [p.begin_close()] if m is not None]
     undelivered = Undelivered()
     try:
@@ -122,7 +129,7 @@ def drain(
                     grace = ANSWER_GRACE
                     if deadline is not None:  # a hard bound: no grace beyond it
                         grace = min(grace, max(0.0, deadline - now))
-                    undelivered += watch.pipeline.end_close(why, grace)
+                    undelivered += watch.pipeline.end_close(why, grace, final)
             if not watches:
                 break
             if progress is not None:
@@ -131,7 +138,7 @@ def drain(
             watches[0].marker.done.wait(wait)
     except KeyboardInterrupt:
         for watch in watches:
-            undelivered += watch.pipeline.end_close("interrupted (Ctrl-C)", 0.0)
+            undelivered += watch.pipeline.end_close("interrupted (Ctrl-C)", 0.0, final)
         _warn(undelivered, "interrupted (Ctrl-C)")
         raise
     finally:
@@ -167,10 +174,14 @@ class _Watch:
 
 
 def _warn(undelivered: Undelivered, why: str) -> None:
-    if undelivered.undelivered:
+    if undelivered.undelivered or undelivered.out:
+        out = (
+            f"; {undelivered.out} request(s) still waiting for the API's answer (counted when "
+            "it comes, reported at exit if it does not)" if undelivered.out else ""
+        )
         logger.warning(
             "interakt-logging: %s with %d payload(s) undelivered: %d lost, %d kept in the "
-            "outbox", why, undelivered.undelivered, undelivered.lost, undelivered.kept,
+            "outbox%s", why, undelivered.undelivered, undelivered.lost, undelivered.kept, out,
         )
 
 

@@ -75,9 +75,11 @@ class Pipeline:
         self._state_lock = threading.RLock()
         self._closed = False  # new payloads are refused
         self._closing: Optional[FlushMarker] = None  # set by begin_close
-        self._ending = False  # end_close has begun taking stock
-        self._ending_thread = 0
-        self._stock_taken = threading.Event()
+        self._ending = False  # end_close has taken stock at least once
+        self._taking = False  # ... and is doing so right now, on thread _taker
+        self._taker = 0
+        self._stock_taken = threading.Event()  # set when no stock-taking is under way
+        self._requests_out = False  # a close left requests out to their workers
         self._unreported: Deque[Tuple[DeliveryError, Payload]] = collections.deque()
         self._ended = False
         self._starting = False
@@ -334,12 +336,14 @@ class Pipeline:
         any (see ``_lifecycle.drain``). Idempotent; an interrupted close is resumed by the next
         close or by the exit drain."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _lifecycle.drain([self], deadline=deadline).undelivered == 0
+        left = _lifecycle.drain([self], deadline=deadline, final=False)
+        return left.undelivered == 0 and left.out == 0
 
     def begin_close(self) -> Optional[FlushMarker]:
         """Refuse new payloads and mark the end of what is queued: the returned marker is done
         once all of it is finished. A close already under way returns its marker again (so an
-        interrupted close resumes); None once the pipeline has ended."""
+        interrupted close resumes); after a close that left requests out, a new marker is done
+        when they are answered. None once the pipeline has ended."""
         with self._state_lock:
             if self._ended:
                 return None
@@ -351,21 +355,35 @@ class Pipeline:
                     self.queue.put(self._closing)
                 else:  # nothing to wait for, or we are the thread that would do the work
                     self._closing.done.set()
+            elif self._requests_out and self._closing.done.is_set():
+                self._closing = FlushMarker()
+                self.backlog.mark_sending(self._closing)
             return self._closing
 
-    def end_close(self, why: str, grace: float) -> Undelivered:
+    def end_close(self, why: str, grace: float, final: bool) -> Undelivered:
         """Stop the threads and settle what is left: keep it in the outbox, or report it as not
         delivered because ``why``. Requests already out get ``grace`` seconds to answer (and
-        count as delivered when they do). Re-entrant (a signal handler may drain again while this
-        runs): whoever comes later helps report what is left, nothing is reported twice."""
+        count as delivered when they do); after that, unless ``final`` (the process is about
+        to end), they stay with their workers, which count or report the answer, and the next
+        drain (the exit's, at the latest) settles them. Re-entrant (a signal handler may drain
+        again while this runs): whoever comes later helps report what is left, nothing is
+        reported twice."""
         with self._state_lock:
-            first = not self._ending
-            self._ending = True
+            if self._ended:
+                return Undelivered()
+            take = (self._requests_out or not self._ending) and not self._taking
+            if take:
+                self._ending = self._taking = True
+                self._taker = threading.get_ident()
+                self._stock_taken.clear()
         ended = Undelivered()
-        if first:
-            ended = self._take_stock(why, grace)
-            self._stock_taken.set()
-        elif self._ending_thread != threading.get_ident():
+        if take:
+            try:
+                ended = self._take_stock(why, grace, final)
+            finally:
+                self._taking = False
+                self._stock_taken.set()
+        elif self._taking and self._taker != threading.get_ident():
             self._stock_taken.wait(_STOCK_WAIT)  # another thread is taking stock right now
         while True:
             try:
@@ -374,7 +392,7 @@ class Pipeline:
                 break
             self.reject(error, payload.message())
         with self._state_lock:
-            if self._ended or not self._stock_taken.is_set():
+            if self._ended or self._taking or self._requests_out:
                 return ended
             self._ended = True
         _lifecycle.unregister(self)
@@ -389,22 +407,27 @@ class Pipeline:
         """Payloads delivered or failed for good so far; a drain watches it for progress."""
         return self.backlog.finished_count
 
-    def _take_stock(self, why: str, grace: float) -> Undelivered:
-        """Stop everything; what is left goes to the outbox or to ``_unreported``."""
-        self._ending_thread = threading.get_ident()
+    def _take_stock(self, why: str, grace: float, final: bool) -> Undelivered:
+        """Stop everything; what is left goes to the outbox or to ``_unreported``, except the
+        requests out when not ``final``."""
         unfinished = Unfinished([], [])
-        if self._started and self._pid == os.getpid():
-            self.listener.stop(_LISTENER_STOP)
-            self._stop.set()  # workers end after the payload in hand
-            self.backlog.stop_taking()
-            self.flow.stop()  # workers waiting to send give up; requests out may still answer
+        if self._pid == os.getpid() and (self._started or self._requests_out):
+            if self._started:
+                self.listener.stop(_LISTENER_STOP)
+                self._stop.set()  # workers end after the payload in hand
+                self.backlog.stop_taking()
+                self.flow.stop()  # workers waiting to send give up; requests out may answer
+                self._started = False  # a later submit finds the pipeline closed and refuses
             self.workers.join(time.monotonic() + grace)
-            unfinished = self.backlog.stop()
-            self._started = False  # a later submit finds the pipeline closed and refuses
-        taken_back = len(unfinished.waiting) + len(unfinished.sending)
+            unfinished = self.backlog.stop(keep_sending=not final)
+        left_out = [] if final else unfinished.sending
+        self._requests_out = bool(left_out)
+        self.backlog.on_stranded = self._stranded if left_out else None
+        sending = [] if left_out else unfinished.sending
+        taken_back = len(unfinished.waiting) + len(sending)
         waiting = unfinished.waiting + self._drain_queue(taken_back)
         lost_waiting = self.backlog.keep(waiting)
-        lost_sending = self.backlog.keep(unfinished.sending)
+        lost_sending = self.backlog.keep(sending)
         lost = DeliveryError(
             f"not delivered: {why}; payload lost (configure an outbox to keep such payloads)",
             "shutdown",
@@ -417,7 +440,21 @@ class Pipeline:
         self._unreported.extend((unknown, payload) for payload in lost_sending)
         # What stays in an outbox: also its rows that were never loaded into memory.
         kept = len(self.backlog) if self.settings.outbox is not None else 0
-        return Undelivered(lost=len(lost_waiting) + len(lost_sending), kept=kept)
+        return Undelivered(
+            lost=len(lost_waiting) + len(lost_sending), kept=kept, out=len(left_out)
+        )
+
+    def _stranded(self, payload: Payload) -> None:
+        """A request a close left out failed in a way that wants a retry, and none will come:
+        keep it in the outbox, or report it."""
+        for lost in self.backlog.keep([payload]):
+            self.reject(
+                DeliveryError(
+                    "not delivered: the handler closed while this payload's request failed "
+                    "and waited for a retry; payload lost", "shutdown",
+                ),
+                lost.message(),
+            )
 
     def _drain_queue(self, taken_back: int) -> List[Payload]:
         """Empty the queue after the listener stopped; release the flush markers found there."""

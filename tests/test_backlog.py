@@ -196,3 +196,34 @@ def test_every_payload_is_finished_or_returned_by_stop_exactly_once(steps: list[
         assert result.pending == sum(1 for p in returned if p.seq <= marker.seq)
     covered = sum(m.delivered + m.failed for m in markers)
     assert covered == sum(1 for p in finished if markers and p.seq <= markers[-1].seq)
+
+
+def test_stop_can_leave_requests_out_to_their_workers() -> None:
+    """A close that is not the process's last word: requests out stay tracked, so their answers
+    count; a later marker is done when they are all answered."""
+    backlog = MemoryBacklog(room=10)
+    backlog.put_batch(payloads(3))
+    first, second = backlog.take(0), backlog.take(0)
+    assert first is not None and second is not None
+    unfinished = backlog.stop(keep_sending=True)
+    assert len(unfinished.waiting) == 1 and unfinished.sending == [first, second]
+    marker = FlushMarker()
+    backlog.mark_sending(marker)
+    assert settle(backlog, first)
+    assert not marker.done.is_set()
+    assert settle(backlog, second, delivered=False)
+    assert marker.done.is_set() and marker.finished
+    assert backlog.stop() == ([], [])
+
+
+def test_a_retry_after_stopping_strands_the_payload_for_the_next_stop() -> None:
+    backlog = MemoryBacklog(room=10)
+    backlog.put_batch(payloads(1))
+    (payload,) = take_all(backlog)
+    backlog.stop(keep_sending=True)
+    marker = FlushMarker()
+    backlog.mark_sending(marker)
+    backlog.retry_later(payload, delay=1.0)  # nobody takes it any more
+    assert marker.done.is_set() and not marker.finished
+    assert backlog.result(marker, queued=0) == FlushResult(pending=1)
+    assert backlog.stop().waiting == [payload]
