@@ -83,7 +83,10 @@ class MemoryBacklog:
         self._finished = 0  # payloads finished so far: how a drain sees progress
         self._taken_back = 0  # unfinished payloads stop() took back
         self._stranded: List[Payload] = []  # due for a retry after stopping: nobody will
+        # Set while a close leaves requests out: a stranded one is settled by the pipeline at
+        # once, and the last one to end lets it finish closing.
         self.on_stranded: Optional[Callable[[Payload], None]] = None
+        self.on_idle: Optional[Callable[[], None]] = None
         # outcomes of payloads queued after the last placed marker: (delivered, failed)
         self._tally = [0, 0]
 
@@ -160,8 +163,11 @@ class MemoryBacklog:
             else:
                 self._finished += 1
             self._release_markers()
+            idle = self._idle_hook()
         if settle is not None:
             settle(payload)
+        if idle is not None:
+            idle()
 
     def begin_settle(self, payload: Payload) -> bool:
         """A worker is about to count and report ``payload``'s outcome, then ``finish`` it:
@@ -185,7 +191,17 @@ class MemoryBacklog:
                 self._count(payload.seq, delivered)
             if self._markers:
                 self._release_markers()
-            return tracked
+            idle = self._idle_hook() if tracked else None
+        if idle is not None:
+            idle()
+        return tracked
+
+    def _idle_hook(self) -> Optional[Callable[[], None]]:
+        """``on_idle``, once, when stopped and no request is out any more (lock held)."""
+        if not self._stopping or self._in_flight or self.on_idle is None:
+            return None
+        idle, self.on_idle = self.on_idle, None
+        return idle
 
     def count_failed(self, count: int) -> None:
         """``count`` payloads the listener drained could not be kept (and were reported): they
@@ -283,12 +299,18 @@ class MemoryBacklog:
             self._has_work.notify_all()
             self._has_room.notify_all()
 
-    def stop(self, keep_sending: bool = False) -> Unfinished:
+    def stop(
+        self,
+        keep_sending: bool = False,
+        on_stranded: Optional[Callable[[Payload], None]] = None,
+        on_idle: Optional[Callable[[], None]] = None,
+    ) -> Unfinished:
         """Stop handing out payloads and take back every unfinished one, except those whose
         outcome a worker is already counting (it finishes them) and, with ``keep_sending``,
-        those whose request is out (their workers finish them; ``sending`` lists them). Releases
-        every marker, unfinished. What is taken back is the caller's to keep or report; a later
-        ``finish`` of one of them returns False, so it is never counted twice."""
+        those whose request is out (their workers finish them; ``sending`` lists them, and the
+        two hooks are set for them). Releases every marker, unfinished. What is taken back is
+        the caller's to keep or report; a later ``finish`` of one of them returns False, so it
+        is never counted twice."""
         with self._lock:
             self._stopping = True
             retrying = {id(entry[2]) for entry in self._retries}
@@ -310,6 +332,9 @@ class MemoryBacklog:
             self._retries.clear()
             self._has_work.notify_all()
             self._has_room.notify_all()
+            left_out = keep_sending and bool(sending)
+            self.on_stranded = on_stranded if left_out else None
+            self.on_idle = on_idle if left_out else None
             left = waiting if keep_sending else [*waiting, *sending]
             self._taken_back = len(left)
             for marker in self._markers:

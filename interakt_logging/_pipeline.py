@@ -419,10 +419,15 @@ class Pipeline:
                 self.flow.stop()  # workers waiting to send give up; requests out may answer
                 self._started = False  # a later submit finds the pipeline closed and refuses
             self.workers.join(time.monotonic() + grace)
-            unfinished = self.backlog.stop(keep_sending=not final)
+            if not final:
+                with self._state_lock:
+                    self._requests_out = True  # for now: the last answer (_answered) clears it
+            unfinished = self.backlog.stop(
+                keep_sending=not final, on_stranded=self._stranded, on_idle=self._answered
+            )
         left_out = [] if final else unfinished.sending
-        self._requests_out = bool(left_out)
-        self.backlog.on_stranded = self._stranded if left_out else None
+        if not left_out:
+            self._requests_out = False
         sending = [] if left_out else unfinished.sending
         taken_back = len(unfinished.waiting) + len(sending)
         waiting = unfinished.waiting + self._drain_queue(taken_back)
@@ -455,6 +460,16 @@ class Pipeline:
                 ),
                 lost.message(),
             )
+
+    def _answered(self) -> None:
+        """The last request a close left out has its outcome: finish closing (release the
+        connections, leave the exit hook's list), on the worker that settled it."""
+        with self._state_lock:
+            self._requests_out = False
+        try:
+            self.end_close("the handler closed", 0.0, final=True)
+        except Exception:  # pragma: no cover - a bug must not end the worker that got here
+            logger.exception("interakt-logging: finishing a close failed")
 
     def _drain_queue(self, taken_back: int) -> List[Payload]:
         """Empty the queue after the listener stopped; release the flush markers found there."""

@@ -227,3 +227,26 @@ def test_a_retry_after_stopping_strands_the_payload_for_the_next_stop() -> None:
     assert marker.done.is_set() and not marker.finished
     assert backlog.result(marker, queued=0) == FlushResult(pending=1)
     assert backlog.stop().waiting == [payload]
+
+
+def test_the_hooks_hear_of_a_stranded_request_and_of_the_last_answer() -> None:
+    backlog = MemoryBacklog(room=10)
+    backlog.put_batch(payloads(2))
+    answered, stranded = take_all(backlog)
+    heard: list[object] = []
+    unfinished = backlog.stop(
+        keep_sending=True, on_stranded=heard.append, on_idle=lambda: heard.append("idle")
+    )
+    assert unfinished.sending == [answered, stranded]
+    backlog.retry_later(stranded, delay=1.0)
+    assert heard == [stranded]
+    assert settle(backlog, answered)
+    assert heard == [stranded, "idle"]
+    assert backlog.finished_count == 2
+
+
+def test_no_hooks_when_nothing_is_left_out() -> None:
+    backlog = MemoryBacklog(room=10)
+    heard: list[object] = []
+    backlog.stop(keep_sending=True, on_stranded=heard.append, on_idle=lambda: heard.append(1))
+    assert backlog.on_stranded is None and backlog.on_idle is None and heard == []
