@@ -87,6 +87,8 @@ class MemoryBacklog:
         # once, and the last one to end lets it finish closing.
         self.on_stranded: Optional[Callable[[Payload], None]] = None
         self.on_idle: Optional[Callable[[], None]] = None
+        # the worker that took each payload in flight: one that has ended holds no request
+        self._holders: Dict[int, threading.Thread] = {}
         # outcomes of payloads queued after the last placed marker: (delivered, failed)
         self._tally = [0, 0]
 
@@ -130,10 +132,13 @@ class MemoryBacklog:
             while not self._stopping:
                 now = time.monotonic()
                 if self._retries and self._retries[0][0] <= now:
-                    return heapq.heappop(self._retries)[2]
+                    payload = heapq.heappop(self._retries)[2]
+                    self._holders[id(payload)] = threading.current_thread()
+                    return payload
                 if self._waiting:
                     payload = self._waiting.popleft()
                     self._in_flight[id(payload)] = payload
+                    self._holders[id(payload)] = threading.current_thread()
                     if len(self._waiting) < self._room:
                         self._has_room.notify()
                     return payload
@@ -148,26 +153,56 @@ class MemoryBacklog:
     def retry_later(self, payload: Payload, delay: float) -> None:
         """Hand an in-flight payload back for another attempt after ``delay`` seconds; the
         worker is free meanwhile, and flush still waits for it. Once stopped nobody would
-        retry it: it is stranded, handed to ``on_stranded`` when set (a close left requests out
-        and has ended: the pipeline settles it now), else kept for the next ``stop``."""
+        retry it: it is stranded (see ``_strand``)."""
         with self._lock:
             if not self._stopping:
                 heapq.heappush(self._retries, (time.monotonic() + delay, payload.seq, payload))
                 self._has_work.notify()
                 return
-            if self._in_flight.pop(id(payload), None) is None:
-                return  # taken back by stop already
-            settle = self.on_stranded
-            if settle is None:
-                self._stranded.append(payload)
-            else:
-                self._finished += 1
-            self._release_markers()
-            idle = self._idle_hook()
+            settle, idle = self._strand([payload])
         if settle is not None:
             settle(payload)
         if idle is not None:
             idle()
+
+    def reap(self) -> None:
+        """Once stopped: strand the payloads whose worker ended without finishing them (it gave
+        up before sending, as the pipeline stopped)."""
+        with self._lock:
+            if not self._stopping:
+                return
+            dead = [
+                payload for key, payload in self._in_flight.items()
+                if key not in self._settling and not self._holder_alive(key)
+            ]
+            settle, idle = self._strand(dead)
+        if settle is not None:
+            for payload in dead:
+                settle(payload)
+        if idle is not None:
+            idle()
+
+    def _strand(
+        self, payloads: List[Payload]
+    ) -> Tuple[Optional[Callable[[Payload], None]], Optional[Callable[[], None]]]:
+        """Take ``payloads`` out of flight for good (lock held): to ``on_stranded``, which the
+        caller calls with them once the lock is released (a close left requests out and
+        settles these at once), else kept for the next ``stop``. Returns that callback and the
+        idle hook when this was the last one out."""
+        stranded = [p for p in payloads if self._in_flight.pop(id(p), None) is not None]
+        for payload in stranded:
+            self._holders.pop(id(payload), None)
+        settle = self.on_stranded
+        if settle is None:
+            self._stranded.extend(stranded)
+        else:
+            self._finished += len(stranded)
+        self._release_markers()
+        return (settle if stranded else None), self._idle_hook()
+
+    def _holder_alive(self, key: int) -> bool:
+        holder = self._holders.get(key)
+        return holder is not None and holder.is_alive()
 
     def begin_settle(self, payload: Payload) -> bool:
         """A worker is about to count and report ``payload``'s outcome, then ``finish`` it:
@@ -185,6 +220,7 @@ class MemoryBacklog:
         tracked (shutdown already reported or kept it), so it must not be counted again."""
         with self._lock:
             self._settling.discard(id(payload))
+            self._holders.pop(id(payload), None)
             tracked = self._in_flight.pop(id(payload), None) is not None
             if tracked:
                 self._finished += 1
@@ -320,12 +356,13 @@ class MemoryBacklog:
             for key, payload in self._in_flight.items():
                 if key in self._settling:
                     continue
-                if key in retrying:
-                    waiting.append(payload)
+                if key in retrying or not self._holder_alive(key):
+                    waiting.append(payload)  # not being sent: its worker gave up or ended
                 else:
                     sending.append(payload)
                     if keep_sending:
                         still_out[key] = payload
+            self._holders = {key: self._holders[key] for key in still_out if key in self._holders}
             self._waiting.clear()
             self._stranded = []
             self._in_flight = still_out  # their workers count, report and finish them

@@ -358,7 +358,10 @@ class Pipeline:
             elif self._requests_out and self._closing.done.is_set():
                 self._closing = FlushMarker()
                 self.backlog.mark_sending(self._closing)
-            return self._closing
+            closing = self._closing
+        if self._requests_out:
+            self.backlog.reap()  # a worker that gave up before sending settles nothing
+        return closing
 
     def end_close(self, why: str, grace: float, final: bool) -> Undelivered:
         """Stop the threads and settle what is left: keep it in the outbox, or report it as not

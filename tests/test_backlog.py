@@ -6,6 +6,8 @@ two markers ended (flush's result), and hands back exactly the unfinished payloa
 
 from __future__ import annotations
 
+import threading
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -250,3 +252,51 @@ def test_no_hooks_when_nothing_is_left_out() -> None:
     heard: list[object] = []
     backlog.stop(keep_sending=True, on_stranded=heard.append, on_idle=lambda: heard.append(1))
     assert backlog.on_stranded is None and backlog.on_idle is None and heard == []
+
+
+def take_on_a_thread(backlog: MemoryBacklog, release: threading.Event) -> tuple[Payload, threading.Thread]:
+    """A worker that takes one payload and then ends (when ``release`` is set) without
+    finishing it, as a worker does when the pipeline stops before it sent."""
+    taken: list[Payload] = []
+    took = threading.Event()
+
+    def work() -> None:
+        payload = backlog.take(0)
+        assert payload is not None
+        taken.append(payload)
+        took.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert took.wait(10)
+    return taken[0], worker
+
+
+def test_a_payload_whose_worker_ended_is_not_counted_as_sending() -> None:
+    backlog = MemoryBacklog(room=10)
+    backlog.put_batch(payloads(1))
+    release = threading.Event()
+    release.set()
+    payload, worker = take_on_a_thread(backlog, release)
+    worker.join(10)
+    unfinished = backlog.stop(keep_sending=True)
+    assert unfinished.waiting == [payload] and unfinished.sending == []
+
+
+def test_reap_strands_what_a_worker_left_when_it_ended() -> None:
+    backlog = MemoryBacklog(room=10)
+    backlog.put_batch(payloads(1))
+    release = threading.Event()
+    payload, worker = take_on_a_thread(backlog, release)
+    heard: list[object] = []
+    unfinished = backlog.stop(
+        keep_sending=True, on_stranded=heard.append, on_idle=lambda: heard.append("idle")
+    )
+    assert unfinished.sending == [payload]  # its worker was alive: a request may be out
+    backlog.reap()
+    assert heard == []
+    release.set()
+    worker.join(10)
+    backlog.reap()
+    assert heard == [payload, "idle"]
