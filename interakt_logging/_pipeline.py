@@ -65,6 +65,7 @@ def capturing() -> bool:
 _CLOSED = "the handler is closed; payload not sent"
 _LISTENER_STOP = 0.5  # seconds close waits for the listener to hand over its batch
 _STOCK_WAIT = 5.0  # seconds a concurrent close waits for the first one to take stock
+_GIVE_UP_TIME = 0.05  # seconds a worker waiting to send needs to end once the pipeline stops
 
 
 class Pipeline:
@@ -421,7 +422,9 @@ class Pipeline:
                 self.backlog.stop_taking()
                 self.flow.stop()  # workers waiting to send give up; requests out may answer
                 self._started = False  # a later submit finds the pipeline closed and refuses
-            self.workers.join(time.monotonic() + grace)
+            # Workers that were waiting to send give up at once: a moment to end tells them
+            # from those with a request out (a later drain reaps any still slower).
+            self.workers.join(time.monotonic() + max(grace, _GIVE_UP_TIME))
             if not final:
                 with self._state_lock:
                     self._requests_out = True  # for now: the last answer (_answered) clears it

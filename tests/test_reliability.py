@@ -264,15 +264,16 @@ def test_close_returns_within_its_deadline_when_the_server_never_answers(
     logger.addHandler(handler)
     for i in range(20):
         logger.info("Order Placed", extra=event(str(i)))
-    wait_until(lambda: len(server.requests) == 8, lambda: f"{len(server.requests)} requests out")
+    wait_until(lambda: len(server.requests) > 0, lambda: "no request out")
     started = time.monotonic()
     handler.close(timeout=1)
     assert time.monotonic() - started < 5  # bounded by the deadline, not by timeout=10
-    # The 12 never sent are reported; the 8 requests out stay with their workers (an answer
-    # would still count), settled by the exit's drain at the latest.
-    assert len(errors) == 12
+    # Those never sent are reported; the requests out stay with their workers (an answer would
+    # still count), settled by the exit's drain at the latest.
+    out = handler.stats()["in_flight"]
+    assert out >= len(server.requests) and len(errors) == 20 - out
     assert all(isinstance(e, DeliveryError) and e.reason == "shutdown" for e in errors)
-    assert handler.stats()["failed"] == 12 and handler.stats()["in_flight"] == 8
+    assert handler.stats()["failed"] == 20 - out
 
 
 @pytest.mark.slow
