@@ -2,8 +2,9 @@
 
 It tracks both the payloads waiting for a worker and those in flight, so it can answer "is
 everything up to sequence number N finished?", which is what ``flush`` waits for, and it tallies
-how the payloads between two flushes ended, which is what ``flush`` returns. The in-memory
-backlog here is the default; the outbox backlog keeps the same contract on disk.
+how the payloads between two flushes ended, which is what ``flush`` returns. ``Backlog`` is that
+contract, the one type the pipeline, the listener and the workers see. ``MemoryBacklog`` here is
+the default; ``OutboxBacklog`` keeps the same contract on disk.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import heapq
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Protocol, Set, Tuple
 
 from ._payload import Payload
 
@@ -59,8 +60,59 @@ class Unfinished(NamedTuple):
     sending: List[Payload]
 
 
+class Backlog(Protocol):
+    """Payloads between the listener and the workers: what the pipeline's threads rely on.
+
+    ``MemoryBacklog`` keeps them in memory; ``OutboxBacklog`` extends it with an SQLite file
+    below the same in-memory window (it is a memory backlog whose waiting part is topped up
+    from disk), so the bookkeeping is written once and the disk side adds only what differs.
+    Every outcome is counted once: a payload taken back by ``stop`` is no longer ``claim``-ed
+    nor ``finish``-ed by its worker.
+    """
+
+    def __len__(self) -> int:
+        """Payloads waiting for a worker (for an outbox, also its rows only on disk)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Payloads a worker took and has not finished."""
+
+    @property
+    def finished_count(self) -> int:
+        """Payloads delivered or failed for good so far; a drain watches it for progress."""
+
+    # -- the listener's side
+    def wait_for_room(self, timeout: float) -> bool: ...
+    def put_batch(self, payloads: List[Payload]) -> List[Payload]: ...
+    def add_marker(self, marker: FlushMarker) -> None: ...
+    def count_failed(self, count: int) -> None: ...
+
+    # -- the workers' side
+    def take(self, timeout: float) -> Optional[Payload]: ...
+    def retry_later(self, payload: Payload, delay: float) -> None: ...
+    def claim(self, payload: Payload) -> bool: ...
+    def finish(self, payload: Payload, delivered: bool) -> bool: ...
+
+    # -- the pipeline's side: flush, close, start
+    def has_leftovers(self) -> bool: ...
+    def result(self, marker: FlushMarker, queued: int) -> FlushResult: ...
+    def stop_taking(self) -> None: ...
+    def stop(
+        self,
+        keep_sending: bool = False,
+        on_stranded: Optional[Callable[[Payload], None]] = None,
+        on_idle: Optional[Callable[[], None]] = None,
+    ) -> Unfinished: ...
+    def reap(self) -> None: ...
+    def mark_sending(self, marker: FlushMarker) -> None: ...
+    def release_unplaced(self, marker: FlushMarker, ahead: int) -> None: ...
+    def keep_or_return(self, payloads: List[Payload]) -> List[Payload]: ...
+    def close(self) -> None: ...
+
+
 class MemoryBacklog:
-    """Waiting payloads in a deque, in-flight ones in a dict, flush markers in a list.
+    """A ``Backlog`` in memory: waiting payloads in a deque, in-flight ones in a dict, flush
+    markers in a list.
 
     ``room`` bounds the waiting part, so the listener stops draining the queue while the
     workers are behind: memory stays bounded by ``max_queue_size + room + workers``.
@@ -204,10 +256,10 @@ class MemoryBacklog:
         holder = self._holders.get(key)
         return holder is not None and holder.is_alive()
 
-    def begin_settle(self, payload: Payload) -> bool:
-        """A worker is about to count and report ``payload``'s outcome, then ``finish`` it:
-        from now on shutdown leaves it to the worker. False when shutdown already took it over
-        (reported or kept it), so the worker must not count or report it again."""
+    def claim(self, payload: Payload) -> bool:
+        """Claim ``payload``'s outcome for its worker, which counts and reports it, then
+        ``finish``-es it: from now on shutdown leaves it to the worker. False when shutdown
+        already took it over (reported or kept it): the worker must not count or report it."""
         with self._lock:
             key = id(payload)
             if key not in self._in_flight:
@@ -262,9 +314,9 @@ class MemoryBacklog:
         """True when processes that ended left payloads for this one to deliver (an outbox)."""
         return False
 
-    def keep(self, payloads: List[Payload]) -> List[Payload]:
-        """At shutdown: keep what was not delivered for a later process; return what could not
-        be kept. Memory keeps nothing; the outbox keeps everything that fits."""
+    def keep_or_return(self, payloads: List[Payload]) -> List[Payload]:
+        """At shutdown: keep what was not delivered for a later process, and return the rest
+        (the caller reports it). Memory keeps nothing; the outbox keeps everything that fits."""
         return payloads
 
     def add_marker(self, marker: FlushMarker) -> None:

@@ -273,7 +273,8 @@ def _send_call(args: argparse.Namespace) -> int:
         return 1
     finally:
         handler.close()
-    _print_request(handler, Payload(submitted.path, submitted.body, submitted.created).message())
+    request = Payload(submitted.path, submitted.body, submitted.created)
+    _print_request(handler, request.on_error_arg())
     print(f"-> {_pretty_json(submitted.answer)}")
     return 0
 

@@ -179,7 +179,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 payload = self.prepare(record)
             except ValidationError as exc:
                 outcome = "refused"
-                self.pipeline.reject(exc, original(d.get(EVENT_TAG, d.get(USER_TAG))))
+                self.pipeline.report_unsent(exc, original(d.get(EVENT_TAG, d.get(USER_TAG))))
                 if self.settings.sync_mode:
                     self.handleError(record)
                 return
@@ -221,7 +221,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
             return self._send_now(payload) if self.settings.sync_mode else (
                 self.pipeline.submit(payload)
             )
-        self.pipeline.reject(no_key_error(), Payload(*payload).message())
+        self.pipeline.report_unsent(no_key_error(), Payload(*payload).on_error_arg())
         return _REFUSED
 
     def _send_now(self, payload: QueuedPayload) -> Any:
@@ -230,7 +230,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         try:
             return self.pipeline.send(payload)
         except InteraktError as exc:
-            self.pipeline.reporter.report(exc, Payload(*payload).message())
+            self.pipeline.reporter.report(exc, Payload(*payload).on_error_arg())
             raise
 
     # -- the door for everything that is not a log record -----------------------------------------
@@ -260,7 +260,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 path, tag, default_event, time.time() if created is None else created
             )
         except ValidationError as exc:
-            self.pipeline.reject(exc, tag)
+            self.pipeline.report_unsent(exc, tag)
             raise
         outcome = self._dispatch(payload)
         if outcome is _REFUSED or not self.settings.sync_mode:

@@ -5,9 +5,9 @@ lock round-trip, or one outbox transaction, per batch) and places flush markers;
 payloads from the backlog and deliver them, up to ``workers`` requests in flight.
 
 No payload and no failing part ends these threads: an exception is reported with the payloads
-it concerns (``reject``) or, concerning none, as a fault, and the thread goes on. Should one end
-anyway (a BaseException, such as ``sys.exit()`` in ``on_error``), what it held is reported, its
-``Supervisor`` hears of it, and the next payload submitted starts a replacement.
+it concerns (``report_unsent``) or, concerning none, as a fault, and the thread goes on. Should
+one end anyway (a BaseException, such as ``sys.exit()`` in ``on_error``), what it held is
+reported, its ``Supervisor`` hears of it, and the next payload submitted starts a replacement.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Protocol
 
-from ._backlog import FlushMarker, MemoryBacklog
+from ._backlog import Backlog, FlushMarker
 from ._delivery import Abandoned, Delivery, TryAgain
 from ._errors import InteraktError, internal_error
 from ._payload import Payload
+from ._report import ReportUnsent
 from ._stats import Counters
 
 _POLL = 0.25  # how often idle threads look at the stop flag; not a latency
 _FAULT_PAUSE = 0.05  # after a fault that concerned no payload: no busy loop on a broken part
 _FINISH_TRIES = 3  # a payload reported but never finished would be reported again at shutdown
 
-Reject = Callable[[Exception, Any], None]
 # What the listener could not store, and why: None for "not kept" (a full outbox, shutdown).
 NotKept = Callable[[List[Payload], Optional[InteraktError]], None]
 
@@ -44,21 +44,13 @@ class Supervisor(Protocol):
         """The thread is ending on ``error``; a replacement is due."""
 
 
-def reported(payload: Payload) -> Any:
-    """What ``on_error`` receives for ``payload``, even when it cannot be rendered."""
-    try:
-        return payload.message()
-    except Exception:
-        return {"path": payload.path, "body": payload.body.decode("utf-8", "replace")}
-
-
 class PayloadListener(logging.handlers.QueueListener):
     """Drains the handler's queue into the backlog; never sees LogRecords, only payloads."""
 
     def __init__(
         self,
         q: queue.SimpleQueue[Any],
-        backlog: MemoryBacklog,
+        backlog: Backlog,
         batch_size: int,
         on_not_kept: NotKept,
         supervisor: Supervisor,
@@ -189,10 +181,10 @@ class Workers:
     def __init__(
         self,
         ceiling: int,
-        backlog: MemoryBacklog,
+        backlog: Backlog,
         delivery: Delivery,
         counters: Counters,
-        reject: Reject,
+        report_unsent: ReportUnsent,
         stop: threading.Event,
         supervisor: Supervisor,
     ) -> None:
@@ -201,7 +193,7 @@ class Workers:
         self._delivery = delivery
         self._flow = delivery.flow
         self._counters = counters
-        self._reject = reject
+        self._report_unsent = report_unsent
         self._stop = stop
         self._supervisor = supervisor
         self._lock = threading.Lock()
@@ -320,7 +312,7 @@ class Workers:
         delivered = error is None
         try:
             try:
-                ours = self._backlog.begin_settle(payload)
+                ours = self._backlog.claim(payload)
             except Exception as exc:  # cannot tell whether shutdown took it over: report it
                 self._supervisor.fault("a sender could not settle a payload", exc)
                 ours = True
@@ -329,7 +321,7 @@ class Workers:
             if error is None:
                 self._counters.add("sent")
             else:
-                self._reject(error, reported(payload))
+                self._report_unsent(error, payload.on_error_arg())
         finally:
             self._finish(payload, delivered)
 

@@ -49,13 +49,14 @@ import time
 import urllib.parse
 import weakref
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, cast
+from typing import IO, Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, cast
 
 import orjson
 
 from ._backlog import FlushMarker, MemoryBacklog
 from ._errors import DeliveryError, ValidationError
 from ._payload import EVENTS_PATH, USERS_PATH, Payload
+from ._report import ReportUnsent
 from ._stats import Counters
 
 try:
@@ -102,8 +103,6 @@ _SCHEMA = (
 )
 _INSERT = "INSERT INTO outbox (owner, path, body, created, size) VALUES (?, ?, ?, ?, ?)"
 
-Reject = Callable[[Exception, Any], None]
-"""``Pipeline.reject``: counts and reports a payload that will not be sent."""
 
 
 def check_outbox(path: str) -> None:
@@ -150,20 +149,34 @@ def check_outbox(path: str) -> None:
                           f"(could not {step}: {cause})")
 
 
+class _Written(NamedTuple):
+    """What ``_write`` did with a batch: rows ``kept``, and payloads ``not_kept`` (no room)."""
+
+    kept: List[Payload]
+    not_kept: List[Payload]
+
+
 class OutboxBacklog(MemoryBacklog):
     """The backlog on disk. ``max_bytes`` bounds the payload bytes the file holds (all owners
-    together); what does not fit is returned by ``put_batch`` and ``keep`` and reported. What
-    the disk refuses, and rows that cannot be stored or read back, go to ``reject``."""
+    together); what does not fit is returned by ``put_batch`` and ``keep_or_return`` and
+    reported. What the disk refuses, and rows that cannot be stored or read back, go to
+    ``report_unsent``."""
 
     def __init__(
-        self, path: str, *, room: int, max_bytes: int, counters: Counters, reject: Reject
+        self,
+        path: str,
+        *,
+        room: int,
+        max_bytes: int,
+        counters: Counters,
+        report_unsent: ReportUnsent,
     ) -> None:
         super().__init__(room)
         self.path = os.path.abspath(path)
         self._owners_dir = self.path + ".owners"
         self._max_bytes = max_bytes
         self._counters = counters
-        self._reject = reject
+        self._report_unsent = report_unsent
         self._pid = os.getpid()
         self._db: Optional[sqlite3.Connection] = None
         self._owner: Optional[str] = None
@@ -208,7 +221,7 @@ class OutboxBacklog(MemoryBacklog):
                     f"could not write to the outbox {self.path} ({exc}); payload dropped",
                     "outbox",
                 )
-                self._failed.extend((error, payload.message()) for payload in payloads)
+                self._failed.extend((error, payload.on_error_arg()) for payload in payloads)
                 self._tally[1] += len(payloads)  # the next flush's outcomes, as _not_kept's
                 kept, not_kept = [], []
             if kept and not self._stopping:
@@ -229,7 +242,7 @@ class OutboxBacklog(MemoryBacklog):
                 self._warn(exc)
         super().add_marker(marker)
 
-    def keep(self, payloads: List[Payload]) -> List[Payload]:
+    def keep_or_return(self, payloads: List[Payload]) -> List[Payload]:
         """At shutdown: write what is not on disk yet (still queued); return what did not fit
         (or what the disk refused)."""
         with self._lock:
@@ -243,7 +256,7 @@ class OutboxBacklog(MemoryBacklog):
             return []
         with self._lock:
             try:
-                not_kept = self._write(fresh)[1]
+                not_kept = self._write(fresh).not_kept
             except _FAILURES as exc:
                 self._warn(exc)
                 not_kept = fresh
@@ -349,8 +362,9 @@ class OutboxBacklog(MemoryBacklog):
     def _lock_path(self, owner: str) -> str:
         return os.path.join(self._owners_dir, owner + ".lock")
 
-    def _write(self, payloads: List[Payload]) -> Tuple[List[Payload], List[Payload]]:
-        """Insert what fits under max_bytes in one transaction; returns (kept, not kept). A
+    def _write(self, payloads: List[Payload]) -> _Written:
+        """Insert what fits under max_bytes in one transaction; returns what was kept and what
+        did not fit. A
         payload whose row cannot be stored fails alone: it goes to ``_failed``."""
         db = self._conn()
         rows: List[Tuple[Payload, int]] = []
@@ -364,7 +378,7 @@ class OutboxBacklog(MemoryBacklog):
                     continue
                 unusable = _unusable(payload.path, payload.body, payload.created)
                 if unusable is not None:
-                    self._fail_fresh(unusable, _message(payload.path, payload.body,
+                    self._fail_fresh(unusable, _on_error_arg(payload.path, payload.body,
                                                         payload.created))
                     continue
                 try:
@@ -375,7 +389,7 @@ class OutboxBacklog(MemoryBacklog):
                     # SQLite undid this statement only; the transaction goes on without it.
                     error = DeliveryError(f"the outbox could not store this payload ({exc}); "
                                           "payload dropped", "outbox")
-                    self._fail_fresh(error, payload.message())
+                    self._fail_fresh(error, payload.on_error_arg())
                     continue
                 total += size
                 rows.append((payload, cast(int, cursor.lastrowid)))
@@ -385,7 +399,7 @@ class OutboxBacklog(MemoryBacklog):
             self._rows += len(rows)
             self._last_seq = rows[-1][1]
             self._counters.add("outboxed", len(rows))
-        return [payload for payload, _ in rows], not_kept
+        return _Written([payload for payload, _ in rows], not_kept)
 
     def _check_file(self) -> None:
         """Notice, once, that the file this process writes to was deleted or replaced: SQLite
@@ -424,14 +438,14 @@ class OutboxBacklog(MemoryBacklog):
             if unusable is None:
                 lost.append(Payload(path, bytes(body), created))
             else:
-                self._failed.append((unusable, _message(path, body, created)))
+                self._failed.append((unusable, _on_error_arg(path, body, created)))
         self._rows = len(self._in_flight)  # none left to count as kept
         return lost
 
-    def _fail_fresh(self, error: Exception, reported: Dict[str, Any]) -> None:
+    def _fail_fresh(self, error: Exception, on_error_arg: Dict[str, Any]) -> None:
         """A payload just drained from the queue that cannot be stored: reported once the lock
         is released, and one of the next flush's failures."""
-        self._failed.append((error, reported))
+        self._failed.append((error, on_error_arg))
         self._tally[1] += 1
 
     def _unloaded(self) -> int:
@@ -467,7 +481,7 @@ class OutboxBacklog(MemoryBacklog):
                 self._rows -= self._conn().execute(
                     "DELETE FROM outbox WHERE id = ?", (row_id,)
                 ).rowcount
-                self._failed.append((unusable, _message(path, body, created)))
+                self._failed.append((unusable, _on_error_arg(path, body, created)))
                 self._finished += 1
                 self._count(row_id, delivered=False)
                 continue
@@ -536,8 +550,8 @@ class OutboxBacklog(MemoryBacklog):
         lock: on_error may call back into the handler (flush, close)."""
         with self._lock:
             failed, self._failed = self._failed, []
-        for error, reported in failed:
-            self._reject(error, reported)
+        for error, on_error_arg in failed:
+            self._report_unsent(error, on_error_arg)
 
     def _warn(self, exc: Exception) -> None:
         message = str(exc)
@@ -566,7 +580,7 @@ def _unusable(path: Any, body: Any, created: Any) -> Optional[ValidationError]:
     return None
 
 
-def _message(path: Any, body: Any, created: Any) -> Dict[str, Any]:
+def _on_error_arg(path: Any, body: Any, created: Any) -> Dict[str, Any]:
     """What on_error receives for a row that cannot be sent: ``{"path", "body"}`` as for any
     payload (the body decoded when it can be), and the unusable time as ``created``."""
     decoded: Any = body

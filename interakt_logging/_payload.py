@@ -71,9 +71,13 @@ class Payload:
         stamp = format_created(self.created).encode()
         return self.body[:-1] + b',"createdAt":"' + stamp + b'"}'
 
-    def message(self) -> dict[str, Any]:
-        """What ``on_error`` receives: ``{"path": ..., "body": {...}}``, as the original SDK."""
-        return {"path": self.path, "body": orjson.loads(self.wire_body())}
+    def on_error_arg(self) -> dict[str, Any]:
+        """What ``on_error`` receives with the error: ``{"path": ..., "body": {...}}``, as the
+        original SDK. Total: a body that cannot be rendered is given as its decoded text."""
+        try:
+            return {"path": self.path, "body": orjson.loads(self.wire_body())}
+        except Exception:
+            return {"path": self.path, "body": self.body.decode("utf-8", "replace")}
 
     def __repr__(self) -> str:
         return f"<Payload {self.path} {len(self.body)} bytes>"

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import _lifecycle
-from ._backlog import FlushMarker, FlushResult, MemoryBacklog, Unfinished
+from ._backlog import Backlog, FlushMarker, FlushResult, MemoryBacklog, Unfinished
 from ._delivery import Abandoned, Delivery
 from ._errors import DeliveryError, InteraktError, QueueFullError
 from ._flow import FlowControl
@@ -126,17 +126,18 @@ class Pipeline:
             self.queue, self.backlog, s.batch_size, self._not_kept, self
         )
         self.workers = Workers(
-            s.workers, self.backlog, self.delivery, self.counters, self.reject, self._stop, self
+            s.workers, self.backlog, self.delivery, self.counters, self.report_unsent,
+            self._stop, self,
         )
 
-    def _make_backlog(self) -> MemoryBacklog:
+    def _make_backlog(self) -> Backlog:
         if self.settings.outbox is not None:
             return OutboxBacklog(
                 self.settings.outbox,
                 room=self.settings.batch_size,
                 max_bytes=self.settings.outbox_max_bytes,
                 counters=self.counters,
-                reject=self.reject,
+                report_unsent=self.report_unsent,
             )
         return MemoryBacklog(room=self.settings.batch_size)
 
@@ -156,12 +157,14 @@ class Pipeline:
         if not self._started and not self._ensure_started():
             if not self._closed:
                 return self._send_at_exit(payload)
-            self.reject(DeliveryError(_CLOSED, "closed"), Payload(*payload).message())
+            self.report_unsent(DeliveryError(_CLOSED, "closed"), Payload(*payload).on_error_arg())
             return False
-        if self._queued() >= self._max_queued and not self._make_space():
-            self.reject(QueueFullError(
+        if self._queued() >= self._max_queued and not (
+            self._rebuilt_after_fork() or self._waited_for_room()
+        ):
+            self.report_unsent(QueueFullError(
                 f"queue full ({self._max_queued} payloads); payload dropped"
-            ), Payload(*payload).message())
+            ), Payload(*payload).on_error_arg())
             return False
         self._put(payload)
         self._bump_enqueued()
@@ -192,8 +195,9 @@ class Pipeline:
         payload. One deadline, shutdown_timeout from the first such payload, bounds them all.
         With an outbox the payload is written there instead, for the next process."""
         if self.settings.outbox is not None:
-            for lost in self.backlog.keep([Payload(*payload)]):
-                self.reject(QueueFullError("outbox full; payload dropped"), lost.message())
+            for lost in self.backlog.keep_or_return([Payload(*payload)]):
+                error = QueueFullError("outbox full; payload dropped")
+                self.report_unsent(error, lost.on_error_arg())
                 return False
             return True
         if self._exit_deadline is None:
@@ -201,21 +205,28 @@ class Pipeline:
         try:
             self.send(payload, deadline=self._exit_deadline)
         except InteraktError as exc:
-            self.reporter.report(exc, Payload(*payload).message())
+            self.reporter.report(exc, Payload(*payload).on_error_arg())
             return False
         return True
 
-    def reject(self, error: Exception, reported: Any) -> None:
+    def report_unsent(self, error: Exception, on_error_arg: Any) -> None:
         """Count what will not be sent (dropped for a full queue or outbox, else failed) and
-        report it: ``on_error(error, reported)`` and the warning. Every front door and the
+        report it: ``on_error(error, on_error_arg)`` and the warning. Every front door and the
         workers use this one."""
         self.counters.add("dropped" if isinstance(error, QueueFullError) else "failed")
-        self.reporter.report(error, reported)
+        self.reporter.report(error, on_error_arg)
 
-    def _make_space(self) -> bool:
-        if self._pid != os.getpid():
-            self._ensure_started()  # forked behind our back: rebuild, and the queue is empty
-            return True
+    def _rebuilt_after_fork(self) -> bool:
+        """A full queue in a child forked behind our back (no at-fork hook ran) is the parent's:
+        rebuild the pipeline, whose queue is empty. True when it did."""
+        if self._pid == os.getpid():
+            return False
+        self._ensure_started()
+        return True
+
+    def _waited_for_room(self) -> bool:
+        """With ``block_on_full``: wait up to ``block_timeout`` for the queue to have room.
+        True when it has; at once False otherwise."""
         if not self.settings.block_on_full:
             return False
         deadline = time.monotonic() + self.settings.block_timeout
@@ -298,7 +309,7 @@ class Pipeline:
                 else QueueFullError("outbox full; payload dropped")
             )
         for payload in payloads:
-            self.reject(error, payload.message())
+            self.report_unsent(error, payload.on_error_arg())
 
     # -- flush, close, fork -------------------------------------------------------------------
 
@@ -394,7 +405,7 @@ class Pipeline:
                 error, payload = self._unreported.popleft()
             except IndexError:
                 break
-            self.reject(error, payload.message())
+            self.report_unsent(error, payload.on_error_arg())
         with self._state_lock:
             if self._ended or self._taking or self._requests_out:
                 return ended
@@ -437,8 +448,8 @@ class Pipeline:
         sending = [] if left_out else unfinished.sending
         taken_back = len(unfinished.waiting) + len(sending)
         waiting = unfinished.waiting + self._drain_queue(taken_back)
-        lost_waiting = self.backlog.keep(waiting)
-        lost_sending = self.backlog.keep(sending)
+        lost_waiting = self.backlog.keep_or_return(waiting)
+        lost_sending = self.backlog.keep_or_return(sending)
         lost = DeliveryError(
             f"not delivered: {why}; payload lost (configure an outbox to keep such payloads)",
             "shutdown",
@@ -458,13 +469,13 @@ class Pipeline:
     def _stranded(self, payload: Payload) -> None:
         """A request a close left out failed in a way that wants a retry, and none will come:
         keep it in the outbox, or report it."""
-        for lost in self.backlog.keep([payload]):
-            self.reject(
+        for lost in self.backlog.keep_or_return([payload]):
+            self.report_unsent(
                 DeliveryError(
                     "not delivered: the handler closed while this payload's request failed "
                     "and waited for a retry; payload lost", "shutdown",
                 ),
-                lost.message(),
+                lost.on_error_arg(),
             )
 
     def _answered(self) -> None:

@@ -29,6 +29,10 @@ from ._errors import (
 
 logger = logging.getLogger("interakt_logging")
 
+ReportUnsent = Callable[[Exception, Any], None]
+"""``Pipeline.report_unsent``: counts and reports a payload that will not be sent; the second
+argument is what ``on_error`` receives with the error."""
+
 REPEAT_INTERVAL = 300.0  # seconds between warnings about the same problem
 DROP_INTERVAL = 5.0  # a full queue is news sooner
 _MAX_REMEMBERED = 1000
@@ -43,8 +47,8 @@ class Reporter:
         self._problems: Dict[Hashable, List[float]] = {}
         self._in_on_error = threading.local()  # .active on a thread running on_error
 
-    def report(self, error: Exception, payload: Any) -> None:
-        """Warn as above and call ``on_error(error, payload)``. Never raises an Exception.
+    def report(self, error: Exception, on_error_arg: Any) -> None:
+        """Warn as above and call ``on_error(error, on_error_arg)``. Never raises an Exception.
 
         A report made while this thread is inside ``on_error`` (it logged an event that was
         refused too, say to a closed handler) is warned about but not passed to ``on_error``
@@ -65,7 +69,7 @@ class Reporter:
             return
         state.active = True
         try:
-            on_error(error, payload)
+            on_error(error, on_error_arg)
         except Exception as exc:
             self.fault("the on_error callback raised", exc)
         finally:

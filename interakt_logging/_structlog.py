@@ -69,7 +69,8 @@ class InteraktProcessor:
             if path == EVENTS_PATH and not (type(tag) is dict and "event" in tag):
                 default_event = _event_name(event_dict.get("event"))
         except ValidationError as exc:  # found before there is a call: reported as submit would
-            self.handler.pipeline.reject(exc, event_dict[EVENT_TAG])  # an event tag, either way
+            # an event tag, either way
+            self.handler.pipeline.report_unsent(exc, event_dict[EVENT_TAG])
             return
         with contextlib.suppress(InteraktError):  # reported by submit
             self.handler.submit(

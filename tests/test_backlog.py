@@ -28,7 +28,7 @@ def take_all(backlog: MemoryBacklog) -> list[Payload]:
 
 def settle(backlog: MemoryBacklog, payload: Payload, delivered: bool = True) -> bool:
     """What a worker does once it knows the outcome."""
-    return backlog.begin_settle(payload) and backlog.finish(payload, delivered)
+    return backlog.claim(payload) and backlog.finish(payload, delivered)
 
 
 def test_markers_are_released_in_order_as_their_payloads_finish() -> None:
@@ -115,7 +115,7 @@ def test_stop_returns_exactly_the_unfinished_split_by_whether_a_request_was_out(
     settle(backlog, delivered)
     settle(backlog, failed, delivered=False)
     backlog.retry_later(retrying, delay=3600)
-    assert backlog.begin_settle(settling)  # a worker is reporting its outcome right now
+    assert backlog.claim(settling)  # a worker is reporting its outcome right now
     unfinished = backlog.stop()
     never_taken = payloads(6)[5].body
     assert [p.body for p in unfinished.waiting] == [never_taken, retrying.body]
@@ -124,7 +124,7 @@ def test_stop_returns_exactly_the_unfinished_split_by_whether_a_request_was_out(
     assert backlog.result(marker, queued=0) == FlushResult(delivered=1, failed=1, pending=3)
     # The worker that was settling finishes normally; the others learn they were taken over.
     assert backlog.finish(settling, delivered=True)
-    assert not backlog.begin_settle(sending) and not backlog.finish(sending, delivered=True)
+    assert not backlog.claim(sending) and not backlog.finish(sending, delivered=True)
     assert backlog.take(0) is None and backlog.in_flight == 0 and len(backlog) == 0
 
 
@@ -158,7 +158,7 @@ def test_a_payload_taken_over_by_stop_is_never_counted_when_its_answer_comes() -
     backlog.put_batch(payloads(1))
     (payload,) = take_all(backlog)
     assert backlog.stop().sending == [payload]
-    assert not backlog.begin_settle(payload)
+    assert not backlog.claim(payload)
     assert not backlog.finish(payload, delivered=True)
     assert backlog.finished_count == 0
 

@@ -164,7 +164,7 @@ def wait_for_rows(path: Path, count: int, timeout: float = 20) -> None:
 
 
 def fail(error: Exception, reported: Any) -> None:
-    """The ``reject`` of a backlog that must not reject anything."""
+    """The ``report_unsent`` of a backlog that must not reject anything."""
     raise AssertionError(f"rejected: {error} {reported}")
 
 
@@ -249,11 +249,11 @@ def test_a_flush_counts_rows_that_are_only_on_disk(tmp_path: Path) -> None:
     # The backlog contract directly: a marker placed right after the outbox adopted rows (none
     # loaded into memory yet, and more of them than the in-memory window) waits for them all.
     path = str(tmp_path / "outbox.sqlite3")
-    ended = OutboxBacklog(path, room=10, max_bytes=1 << 20, counters=Counters(), reject=fail)
+    ended = OutboxBacklog(path, room=10, max_bytes=1 << 20, counters=Counters(), report_unsent=fail)
     assert ended.put_batch([Payload(EVENTS_PATH, b'{"n":%d}' % i, 0.0) for i in range(25)]) == []
     ended.close()  # its 25 rows stay, its lock is released
     counters = Counters()
-    backlog = OutboxBacklog(path, room=10, max_bytes=1 << 20, counters=counters, reject=fail)
+    backlog = OutboxBacklog(path, room=10, max_bytes=1 << 20, counters=counters, report_unsent=fail)
     assert backlog.has_leftovers()
     marker = FlushMarker()
     backlog.add_marker(marker)

@@ -202,7 +202,7 @@ def test_a_disk_that_fills_up_later_fails_the_payloads_it_refuses_and_nothing_el
 
 
 class Rejected:
-    """A backlog's ``reject``: records what it was given."""
+    """A backlog's ``report_unsent``: records what it was given."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Exception, Any]] = []
@@ -217,7 +217,7 @@ def test_a_payload_whose_row_cannot_be_written_fails_alone(tmp_path: Path, creat
     # inf was stored and poisoned every later process.
     rejected = Rejected()
     backlog = OutboxBacklog(str(tmp_path / "outbox.sqlite3"), room=10, max_bytes=1 << 20,
-                            counters=Counters(), reject=rejected)
+                            counters=Counters(), report_unsent=rejected)
     batch = [Payload(EVENTS_PATH, b'{"n":%d}' % i, 1.0e9 + i) for i in range(5)]
     batch[2].created = created
     assert backlog.put_batch(batch) == []
@@ -235,7 +235,7 @@ def corrupt_outbox(tmp_path: Path) -> Path:
     text, and one an unknown path."""
     path = tmp_path / "outbox.sqlite3"
     ended = OutboxBacklog(str(path), room=10, max_bytes=1 << 20, counters=Counters(),
-                          reject=Rejected())
+                          report_unsent=Rejected())
     ended.put_batch([Payload(EVENTS_PATH, b'{"userId":"u%d","event":"E"}' % i, 1.7e9 + i)
                      for i in range(5)] + [Payload(USERS_PATH, b'{"userId":"u5"}', 1.7e9)])
     ended.close()
@@ -355,7 +355,7 @@ def test_every_payload_is_stored_or_rejected_once_whatever_its_time(times: list[
     with tempfile.TemporaryDirectory() as directory:
         rejected = Rejected()
         backlog = OutboxBacklog(os.path.join(directory, "outbox.sqlite3"), room=10,
-                                max_bytes=1 << 20, counters=Counters(), reject=rejected)
+                                max_bytes=1 << 20, counters=Counters(), report_unsent=rejected)
         batch = [Payload(EVENTS_PATH, b'{"n":%d}' % i, t) for i, t in enumerate(times)]
         assert backlog.put_batch(batch) == []
         stored = [p for p in batch if p.outbox_id is not None]

@@ -334,7 +334,7 @@ def test_epoch_milliseconds_are_called_what_they_look_like() -> None:
 ])
 def test_the_ends_of_the_created_at_range_are_sent(created_at: Any, sent: str) -> None:
     payload = Payload(*payload_from_tag(EVENTS_PATH, {"user_id": "1", "created_at": created_at}, "E", 0.0))
-    assert payload.message()["body"]["createdAt"] == sent
+    assert payload.on_error_arg()["body"]["createdAt"] == sent
 
 
 def test_a_record_made_by_hand_with_an_impossible_time_is_refused(
@@ -429,7 +429,7 @@ def test_a_str_subclass_is_sent_as_its_text_whatever_it_overrides() -> None:
     tag = {"user_id": Sneaky("u9"), "phone_number": Sneaky("9999"), "country_code": Sneaky("+1"),
            "created_at": Sneaky("2026-01-01T00:00:00Z")}
     payload = Payload(*payload_from_tag(EVENTS_PATH, tag, "E", 0.0))
-    assert payload.message()["body"] == {"event": "E", "traits": {}, "userId": "u9", "countryCode": "+1",
+    assert payload.on_error_arg()["body"] == {"event": "E", "traits": {}, "userId": "u9", "countryCode": "+1",
                                          "phoneNumber": "9999", "createdAt": "2026-01-01T00:00:00.000Z"}
 
 
