@@ -82,6 +82,8 @@ class Pipeline:
         self._stock_taken = threading.Event()  # set when no stock-taking is under way
         self._requests_out = False  # a close left requests out to their workers
         self._unreported: Deque[Tuple[DeliveryError, Payload]] = collections.deque()
+        self._reporters: Dict[int, int] = {}  # threads reporting from _unreported, and depth
+        self._reporting_done = threading.Condition(threading.Lock())
         self._ended = False
         self._starting = False
         self._exit_deadline: Optional[float] = None
@@ -400,12 +402,7 @@ class Pipeline:
                 self._stock_taken.set()
         elif self._taking and self._taker != threading.get_ident():
             self._stock_taken.wait(_STOCK_WAIT)  # another thread is taking stock right now
-        while True:
-            try:
-                error, payload = self._unreported.popleft()
-            except IndexError:
-                break
-            self.report_unsent(error, payload.on_error_arg())
+        self._report_unreported(wait_for_others=final)
         with self._state_lock:
             if self._ended or self._taking or self._requests_out:
                 return ended
@@ -416,6 +413,32 @@ class Pipeline:
         if self.shared_limit is not None:
             self.shared_limit.close()
         return ended
+
+    def _report_unreported(self, wait_for_others: bool) -> None:
+        """Report what stock-taking left in ``_unreported``, together with any other thread
+        doing the same (each payload is popped once). ``wait_for_others``: the process ends
+        next, so wait (bounded) until the other threads' on_error calls have returned too."""
+        me = threading.get_ident()
+        with self._reporting_done:
+            self._reporters[me] = self._reporters.get(me, 0) + 1
+        try:
+            while True:
+                try:
+                    error, payload = self._unreported.popleft()
+                except IndexError:
+                    break
+                self.report_unsent(error, payload.on_error_arg())
+        finally:
+            with self._reporting_done:
+                self._reporters[me] -= 1
+                if not self._reporters[me]:
+                    del self._reporters[me]
+                self._reporting_done.notify_all()
+        if wait_for_others:
+            with self._reporting_done:
+                self._reporting_done.wait_for(
+                    lambda: not (self._reporters.keys() - {me}), _STOCK_WAIT
+                )
 
     @property
     def finished_count(self) -> int:

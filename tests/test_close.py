@@ -99,7 +99,7 @@ def test_close_waits_for_requests_in_flight_and_counts_them_sent(
     """Issue 9: close() with requests in flight reported "payload lost" for payloads the API
     then accepted (8 of 20). A close without a timeout waits while they are answered."""
     errors: list[Exception] = []
-    with MockInteraktServer(latency=1.0) as slow:
+    with MockInteraktServer(latency=0.3) as slow:
         handler = make_handler(host=slow.url, workers=20, shutdown_timeout=2,
                                on_error=lambda e, p: errors.append(e))
         logger.addHandler(handler)
@@ -226,8 +226,9 @@ def test_a_closed_stderr_does_not_break_the_drain() -> None:
 PRELUDE = """
 import logging, os, signal, sys
 from interakt_logging import InteraktHandler
-def on_error(error, payload):
-    print("reported", payload["body"]["userId"], error, flush=True)
+def on_error(error, payload):  # one write: senders and the main thread may report at once
+    sys.stdout.write(f"reported {payload['body']['userId']} {error}\\n")
+    sys.stdout.flush()
 log = logging.getLogger("shop")
 log.setLevel(logging.INFO)
 log.propagate = False
@@ -265,7 +266,7 @@ def test_an_interrupted_close_loses_nothing_silently(interruption: str) -> None:
     left 90 of 100 queued payloads neither delivered nor reported. Ctrl-C reports what was not
     sent at once (the requests out are settled by the exit drain); sys.exit leaves the close to
     the exit drain, which delivers them all."""
-    with MockInteraktServer(latency=0.1) as server:
+    with MockInteraktServer(latency=0.05) as server:
         proc = start("""
             signal.signal(signal.SIGTERM, lambda *args: sys.exit(3))
             handler = InteraktHandler(on_error=on_error, workers=2, shutdown_timeout=5)
