@@ -23,7 +23,7 @@ from ._delivery import Abandoned, Delivery
 from ._errors import DeliveryError, InteraktError, QueueFullError
 from ._flow import FlowControl
 from ._lifecycle import Undelivered
-from ._listener import PayloadListener, Workers
+from ._listener import PayloadListener
 from ._outbox import OutboxBacklog, check_outbox
 from ._payload import Payload, QueuedPayload
 from ._report import Reporter
@@ -32,6 +32,7 @@ from ._shared_limit import SharedLimit
 from ._stats import Counters
 from ._transport import Transport
 from ._version import user_agent
+from ._workers import Workers
 
 logger = logging.getLogger("interakt_logging")
 

@@ -8,6 +8,7 @@ a burst of bad events produces one line, not thousands, and an outage tomorrow i
 Reporting runs wherever a payload is refused: on a sender thread, on the logging thread, inside
 a signal handler that logs, inside ``on_error`` itself. So it never raises, never waits for
 another report on the same thread, and never calls ``on_error`` from within ``on_error``.
+``Supervisor`` is what the pipeline's threads (listener, workers) tell their owner besides.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Hashable, List, Optional
+from typing import Any, Callable, Dict, Hashable, List, Optional, Protocol
 
 from ._errors import (
     INTERNAL,
@@ -32,6 +33,17 @@ logger = logging.getLogger("interakt_logging")
 ReportUnsent = Callable[[Exception, Any], None]
 """``Pipeline.report_unsent``: counts and reports a payload that will not be sent; the second
 argument is what ``on_error`` receives with the error."""
+
+
+class Supervisor(Protocol):
+    """What the pipeline's threads tell their owner besides the fate of payloads."""
+
+    def fault(self, what: str, error: BaseException) -> None:
+        """A failure no payload explains; the thread goes on."""
+
+    def thread_died(self, name: str, error: BaseException) -> None:
+        """The thread is ending on ``error``; a replacement is due."""
+
 
 REPEAT_INTERVAL = 300.0  # seconds between warnings about the same problem
 DROP_INTERVAL = 5.0  # a full queue is news sooner

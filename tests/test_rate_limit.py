@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from interakt_logging import DeliveryError, InteraktHandler
-from interakt_logging._listener import Workers
+from interakt_logging._workers import Workers
 from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
 
 from .conftest import wait_until
