@@ -491,13 +491,15 @@ class Pipeline:
         )
 
     def _stranded(self, payload: Payload) -> None:
-        """A request a close left out failed in a way that wants a retry, and none will come:
-        keep it in the outbox, or report it."""
+        """A payload a close left with its worker will not be sent (again): its request failed
+        and wants a retry, or its worker gave up before sending. Keep it in the outbox, or
+        report it."""
         for lost in self.backlog.keep_or_return([payload]):
             self.report_unsent(
                 DeliveryError(
-                    "not delivered: the handler closed while this payload's request failed "
-                    "and waited for a retry; payload lost", "shutdown",
+                    "not delivered: the handler closed before this payload could be sent "
+                    "(again); payload lost (configure an outbox to keep such payloads)",
+                    "shutdown",
                 ),
                 lost.on_error_arg(),
             )
