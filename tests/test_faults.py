@@ -12,13 +12,21 @@ import functools
 import logging
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from interakt_logging import EVENTS_PATH, APIError, DeliveryError, InteraktHandler, ValidationError
+from interakt_logging import (
+    EVENTS_PATH,
+    APIError,
+    DeliveryError,
+    InteraktHandler,
+    ValidationError,
+    _listener,
+)
 from interakt_logging.testing import MockInteraktServer, RecordedRequest, Reply
 
 from .conftest import log_from_threads, run_python, wait_until
@@ -296,6 +304,52 @@ def test_a_listener_that_ends_with_payloads_queued_is_replaced_by_flush_and_clos
             handler.close()
         assert sorted(body["userId"] for body in server.events()) == ["queued-1", "queued-2"]
         assert outcomes.user_ids == ["held"]
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def test_a_listener_replacement_refused_at_exit_leaves_close_nothing_to_join(
+    server: MockInteraktServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener ends, and its replacement cannot start (no new thread once the interpreter
+    is exiting): close() still returns, reporting the payload nobody moved, instead of raising
+    as it joins a thread that never ran (the listener kept the unstarted one)."""
+    outcomes = Outcomes()
+    handler = InteraktHandler(
+        host=server.url, on_error=outcomes.on_error, batch_size=1, shutdown_timeout=0.5
+    )
+    put_batch = handler.pipeline.backlog.put_batch
+    dying = [True]
+
+    def dies_once(batch: Any) -> Any:
+        if dying.pop() if dying else False:
+            raise Fatal("ends the listener")
+        return put_batch(batch)
+
+    handler.pipeline.backlog.put_batch = dies_once  # type: ignore[method-assign]
+    log = logging.getLogger("test.faults.refused_replacement")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        log.warning("x", extra={"interakt_event": {"user_id": "held"}})
+        wait_until(lambda: outcomes.user_ids == ["held"], lambda: f"{outcomes.user_ids}")
+        first = handler.pipeline.listener.thread
+        assert first is not None
+        first.join(10)
+
+        class Refused(threading.Thread):
+            def start(self) -> None:
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+
+        exiting = types.SimpleNamespace(
+            Thread=Refused, Event=threading.Event, current_thread=threading.current_thread
+        )
+        monkeypatch.setattr(_listener, "threading", exiting)
+        log.warning("x", extra={"interakt_event": {"user_id": "unmoved"}})
+        assert handler.pipeline.close(timeout=0.5) is False
+        assert outcomes.user_ids == ["held", "unmoved"]
+        assert server.events() == []
     finally:
         log.removeHandler(handler)
         handler.close()
