@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from . import _exit_paths
 from ._backlog import FlushResult
-from ._errors import InteraktError, ValidationError, _raised
+from ._errors import InteraktError, ValidationError, _raised, internal_error
 from ._misspelt import FORMATTED_RECORD_SIZE, PLAIN_RECORD_SIZE, check_extras
 from ._payload import (
     EVENT_TAG,
@@ -171,7 +171,9 @@ class InteraktHandler(logging.handlers.QueueHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Send the record's tag, then leave other handlers a summary in its place (see
-        ``_redact``)."""
+        ``_redact``). A failure is reported once, as from every door (counted, ``on_error``, a
+        warning), never also through logging's ``handleError``: its "--- Logging error ---"
+        would tell it twice, with the record's message and arguments."""
         d = record.__dict__
         outcome = "sent"
         try:
@@ -180,15 +182,28 @@ class InteraktHandler(logging.handlers.QueueHandler):
             except ValidationError as exc:
                 outcome = "refused"
                 self.pipeline.report_unsent(exc, original(d.get(EVENT_TAG, d.get(USER_TAG))))
-                if self.settings.sync_mode:
-                    self.handleError(record)
                 return
             self._dispatch(payload)
-        except Exception:  # sync mode (reported already), a handler whose construction
-            outcome = "not sent"  # failed, or a bug: a log call never raises
-            self.handleError(record)
+        except Exception as exc:  # a log call never raises
+            outcome = "not sent"
+            self._fault(record, exc)
         finally:
             redact(d, outcome)
+
+    def _fault(self, record: logging.LogRecord, error: Exception) -> None:
+        """A record that did not go: in sync mode the API's refusal or a network failure,
+        reported already by ``_send_now``; otherwise a bug (or a failing part), reported with
+        its tag like any failed payload, its traceback on the library's logger. Only a handler
+        whose construction failed has no reporter to tell: logging's ``handleError`` does."""
+        pipeline = _pipeline_of(self)
+        if pipeline is None:
+            self.handleError(record)
+            return
+        if self.settings.sync_mode and isinstance(error, InteraktError):
+            return
+        d = record.__dict__
+        tag = original(d.get(EVENT_TAG, d.get(USER_TAG)))
+        pipeline.report_unsent(internal_error(error, "handling a log record"), tag)
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""

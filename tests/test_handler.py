@@ -10,7 +10,13 @@ from typing import Any, Callable
 
 import pytest
 
-from interakt_logging import APIError, InteraktHandler, QueueFullError
+from interakt_logging import (
+    APIError,
+    DeliveryError,
+    InteraktHandler,
+    QueueFullError,
+    ValidationError,
+)
 from interakt_logging.testing import MockInteraktServer, Reply
 
 from .conftest import API_KEY
@@ -106,18 +112,51 @@ def test_sync_mode_sends_on_the_calling_thread(
     assert handler.stats()["sent"] == 1
 
 
-def test_sync_mode_failure_goes_to_on_error_and_handle_error(
-    logger: logging.Logger, server: MockInteraktServer,
+@pytest.mark.parametrize("tag", [event("1"), {"interakt_event": {"user_id": "1",
+                                                                   "phone_number": "99-99"}}],
+                         ids=["refused-by-the-api", "bad-input"])
+def test_sync_mode_failure_is_reported_once_never_as_a_logging_error(
+    logger: logging.Logger, server: MockInteraktServer, tag: dict[str, Any],
     make_handler: Callable[..., InteraktHandler], capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """It was reported to on_error with a warning, and again by logging's handleError:
+    "--- Logging error ---", a traceback and the record's arguments on stderr."""
     errors: list[Exception] = []
     handler = make_handler(sync_mode=True, on_error=lambda e, p: errors.append(e))
     logger.addHandler(handler)
     server.script(Reply(400, body={"result": False, "message": "Invalid phone"}))
-    logger.info("Order Placed", extra=event("1"))  # must not raise
-    assert isinstance(errors[0], APIError)
-    assert errors[0].status_code == 400 and errors[0].message == "Invalid phone"
-    assert "Logging error" in capsys.readouterr().err
+    logger.info("Order Placed %s", "arg", extra=tag)  # must not raise
+    (error,) = errors
+    assert isinstance(error, APIError if "phone_number" not in tag["interakt_event"]
+                      else ValidationError)
+    assert handler.stats()["failed"] == 1
+    assert "Logging error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["background", "sync"])
+def test_a_bug_while_handling_a_record_is_reported_with_its_tag(
+    logger: logging.Logger, server: MockInteraktServer, sync: bool,
+    make_handler: Callable[..., InteraktHandler], capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fault injection: the dispatch raises something that is not ours. The payload ends
+    reported (counted, on_error with the tag, a warning with the traceback), not as a logging
+    error that would print the record's arguments."""
+    reports: list[tuple[Exception, Any]] = []
+    handler = make_handler(sync_mode=sync, on_error=lambda e, p: reports.append((e, p)))
+
+    def broken(payload: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    handler._dispatch = broken
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("7"))
+    (error, tag), = reports
+    assert isinstance(error, DeliveryError) and error.reason == "internal"
+    assert isinstance(error.__cause__, RuntimeError) and tag == {"user_id": "7", "traits": {}}
+    assert handler.stats()["failed"] == 1
+    assert "Logging error" not in capsys.readouterr().err
+    assert any(r.exc_info and r.name == "interakt_logging" for r in caplog.records)
 
 
 def test_flush_and_close_are_idempotent(
