@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import reprlib
 from typing import Any
 
@@ -15,13 +16,18 @@ class ValidationError(InteraktError, ValueError):
 
     ``field`` names the offending field (``traits.obj`` for nested trait values), ``given`` is
     what the caller passed and ``expected`` says what would have been accepted.
+
+    The message describes ``given`` by its type and size (``got a str of 14 characters``),
+    never by its value: a tag holds phone numbers and traits, and this message reaches log
+    files (our warnings, an app's ``log.exception``, Sentry). ``given`` keeps the value for the
+    application's own use.
     """
 
     def __init__(self, field: str, given: Any, expected: str) -> None:
         self.field = field
         self.given = given
         self.expected = expected
-        super().__init__(f"{field}: expected {expected}, got {_short_repr(given)}")
+        super().__init__(f"{field}: expected {expected}, got {shape(given)}")
 
 
 class APIError(InteraktError):
@@ -79,8 +85,8 @@ _REPR = _BoundedRepr()
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
-    """``value`` for an error message, in bounded time and space; never raises, whatever its
-    ``__repr__`` does (a ValidationError must be able to describe any input)."""
+    """``value`` (a key of a tag: a name, not a value) for an error message, in bounded time
+    and space; never raises, whatever its ``__repr__`` does."""
     try:
         text = str.__str__(_REPR.repr(value))  # an exact str, even from a hostile __repr__
     except Exception:
@@ -92,6 +98,41 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     except Exception:  # a metaclass with a hostile __name__
         kind = "?"
     return f"{text} ({kind})"
+
+
+_SIZED: dict[type, str] = {str: "character", bytes: "byte", bytearray: "byte"}
+_COUNTED: tuple[type, ...] = (dict, list, tuple, set, frozenset)
+
+
+def shape(value: Any) -> str:
+    """What ``value`` is, without what it holds: ``a str of 14 characters``, ``an int of 10
+    digits``, ``a dict of 3 items``, ``a Decimal``. Floats say only whether they are finite,
+    None and bools are themselves. In bounded time, and never raises whatever the value is
+    (exact types are asked their size, nothing of the value's own code runs)."""
+    kind = type(value)
+    if value is None or kind is bool:
+        return repr(value)
+    try:
+        name = str.__str__(kind.__name__)[:60]
+    except Exception:  # a metaclass with a hostile __name__
+        name = "value of an unnamed type"
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    unit = _SIZED.get(kind)
+    if unit is not None:
+        size = len(value)
+        return f"{article} {name} of {size:,} {unit}{'' if size == 1 else 's'}"
+    if kind is int:
+        bits = int.bit_length(value)
+        if bits > 128:
+            return f"an int of {bits:,} bits"
+        digits = len(str(abs(value)))
+        return f"{'a negative' if value < 0 else 'an'} int of {digits} digit{'s' * (digits > 1)}"
+    if kind is float:
+        return "a float" if math.isfinite(value) else f"a float ({value!r})"
+    if kind in _COUNTED:
+        size = len(value)
+        return f"{article} {name} of {size:,} item{'' if size == 1 else 's'}"
+    return f"{article} {name}"
 
 
 def _raised(exc: BaseException) -> str:
