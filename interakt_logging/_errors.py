@@ -20,14 +20,16 @@ class ValidationError(InteraktError, ValueError):
     The message describes ``given`` by its type and size (``got a str of 14 characters``),
     never by its value: a tag holds phone numbers and traits, and this message reaches log
     files (our warnings, an app's ``log.exception``, Sentry). ``given`` keeps the value for the
-    application's own use.
+    application's own use. ``shown=True`` puts a bounded repr of it in the message instead, for
+    settings (a timeout, an outbox path), which are configuration, not personal data.
     """
 
-    def __init__(self, field: str, given: Any, expected: str) -> None:
+    def __init__(self, field: str, given: Any, expected: str, *, shown: bool = False) -> None:
         self.field = field
         self.given = given
         self.expected = expected
-        super().__init__(f"{field}: expected {expected}, got {shape(given)}")
+        got = _short_repr(given) if shown else shape(given)
+        super().__init__(f"{field}: expected {expected}, got {got}")
 
 
 class APIError(InteraktError):
@@ -85,8 +87,8 @@ _REPR = _BoundedRepr()
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
-    """``value`` (a key of a tag: a name, not a value) for an error message, in bounded time
-    and space; never raises, whatever its ``__repr__`` does."""
+    """``value`` (a setting, or a key of a tag: a name, not a value) for an error message, in
+    bounded time and space; never raises, whatever its ``__repr__`` does."""
     try:
         text = str.__str__(_REPR.repr(value))  # an exact str, even from a hostile __repr__
     except Exception:

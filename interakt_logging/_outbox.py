@@ -112,11 +112,11 @@ def check_outbox(path: str) -> None:
     rather than in a sender thread; it creates the files (private, see FILE_MODE)."""
     if not HAVE_FCNTL:  # pragma: no cover - Windows
         raise ValidationError(
-            "outbox", path, "a platform with POSIX file locks (fcntl: Linux, macOS)"
+            "outbox", path, "a platform with POSIX file locks (fcntl: Linux, macOS)", shown=True
         )
     full = os.path.abspath(path)
     if not os.path.isdir(os.path.dirname(full)):
-        raise ValidationError("outbox", path, "a file path in an existing directory")
+        raise ValidationError("outbox", path, "a file path in an existing directory", shown=True)
     owners_dir = full + ".owners"
     step = f"make the directory {owners_dir}"
     try:
@@ -138,7 +138,8 @@ def check_outbox(path: str) -> None:
     except sqlite3.DatabaseError as exc:
         if not isinstance(exc, sqlite3.OperationalError):  # "file is not a database" and such
             raise ValidationError(
-                "outbox", path, f"an interakt-logging outbox file, or a new path ({exc})"
+                "outbox", path, f"an interakt-logging outbox file, or a new path ({exc})",
+                shown=True,
             ) from None
         cause = str(exc)
     except OSError as exc:
@@ -146,7 +147,7 @@ def check_outbox(path: str) -> None:
     else:
         return
     raise ValidationError("outbox", path, f"a path where an outbox can be kept and written "
-                          f"(could not {step}: {cause})")
+                          f"(could not {step}: {cause})", shown=True)
 
 
 class _Written(NamedTuple):
@@ -727,7 +728,7 @@ def census(path: str) -> OutboxCensus:
     there is no outbox file there."""
     full = os.path.abspath(path)
     if not os.path.isfile(full):
-        raise ValidationError("outbox", path, "an existing outbox file")
+        raise ValidationError("outbox", path, "an existing outbox file", shown=True)
     try:
         db = sqlite3.connect(f"file:{urllib.parse.quote(full)}?mode=ro", uri=True)
         try:
@@ -742,7 +743,9 @@ def census(path: str) -> OutboxCensus:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise ValidationError("outbox", path, f"an interakt-logging outbox file ({exc})") from None
+        raise ValidationError(
+            "outbox", path, f"an interakt-logging outbox file ({exc})", shown=True
+        ) from None
     users = events = size = left = held = unusable = 0
     oldest: Optional[float] = None
     for owner, is_user, count, group_size, group_oldest, group_unusable in groups:

@@ -83,11 +83,13 @@ def make_settings(
         _require_number("rate_limit", rate_limit, minimum=0, exclusive=True)
     store = resolve_rate_limit_store(rate_limit_store, rate_limit)
     if on_error is not None and not callable(on_error):
-        raise ValidationError("on_error", on_error, "a callable(error, payload) or None")
+        raise ValidationError(
+            "on_error", on_error, "a callable(error, payload) or None", shown=True
+        )
     flags = {"sync_mode": sync_mode, "debug": debug, "block_on_full": block_on_full}
     for name, flag in flags.items():
         if not isinstance(flag, bool):
-            raise ValidationError(name, flag, "True or False")
+            raise ValidationError(name, flag, "True or False", shown=True)
     if debug:  # before the key is resolved, so the key form detected is logged too
         _logger.setLevel(logging.DEBUG)
     return Settings(
@@ -130,11 +132,11 @@ def resolve_api_key(api_key: str | None) -> str | None:
         return None
     if not isinstance(api_key, str):
         raise ValidationError(
-            "api_key", f"<a {type(api_key).__name__}, hidden>", "the key as a str"
+            "api_key", f"<a {type(api_key).__name__}, hidden>", "the key as a str", shown=True
         )
     key = api_key.strip()
     if not key:
-        raise ValidationError("api_key", "<empty>", f"a non-empty key (from {source})")
+        raise ValidationError("api_key", "<empty>", f"a non-empty key (from {source})", shown=True)
     decoded = _decode_dashboard_form(key)
     if decoded is not None:
         _logger.debug("api key from %s: dashboard Secret Key form detected, decoded", source)
@@ -185,19 +187,20 @@ def resolve_rate_limit_store(store: str | None, rate_limit: float | None) -> str
         return None
     expected = "a Redis URL: redis://host:6379/0, rediss://... or unix:///path/to/redis.sock"
     if not isinstance(store, str):
-        raise ValidationError(field, type(store).__name__, expected)
+        raise ValidationError(field, type(store).__name__, expected, shown=True)
     scheme = urllib.parse.urlsplit(store.strip()).scheme
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValidationError(field, f"<a URL with scheme {scheme!r}>", expected)
+        raise ValidationError(field, f"<a URL with scheme {scheme!r}>", expected, shown=True)
     if rate_limit is None:
         raise ValidationError(
-            "rate_limit", None, f"the account-wide requests/s to share, when {field} is set"
+            "rate_limit", None, f"the account-wide requests/s to share, when {field} is set",
+            shown=True,
         )
     try:
         import redis  # noqa: F401  (the optional extra: only checked for here)
     except ImportError:
         raise ValidationError(
-            field, "<set>", "redis-py installed: pip install 'interakt-logging[redis]'"
+            field, "<set>", "redis-py installed: pip install 'interakt-logging[redis]'", shown=True
         ) from None
     return store.strip()
 
@@ -216,7 +219,7 @@ def resolve_host(host: str | None) -> str:
 def check_host(host: Any, field: str = "host") -> str:
     """https anywhere, plain http only to a loopback address; a trailing slash is dropped."""
     if not isinstance(host, str):
-        raise ValidationError(field, host, "a URL such as 'https://api.interakt.ai'")
+        raise ValidationError(field, host, "a URL such as 'https://api.interakt.ai'", shown=True)
     parts = urllib.parse.urlsplit(host.strip())
     expected = "an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost)"
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -224,7 +227,7 @@ def check_host(host: Any, field: str = "host") -> str:
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValidationError(field, host, expected + " without query, fragment or credentials")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValidationError(field, host, expected)
+        raise ValidationError(field, host, expected, shown=True)  # no credentials: see above
     return host.strip().rstrip("/")
 
 
@@ -239,7 +242,7 @@ def _is_loopback(hostname: str) -> bool:
 
 def _require_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(name, value, f"an int >= {minimum}")
+        raise ValidationError(name, value, f"an int >= {minimum}", shown=True)
 
 
 def _require_number(name: str, value: Any, *, minimum: float, exclusive: bool = False) -> None:
@@ -248,4 +251,4 @@ def _require_number(name: str, value: Any, *, minimum: float, exclusive: bool = 
         ok = value > minimum if exclusive else value >= minimum
     if not ok:
         relation = ">" if exclusive else ">="
-        raise ValidationError(name, value, f"a number {relation} {minimum}")
+        raise ValidationError(name, value, f"a number {relation} {minimum}", shown=True)

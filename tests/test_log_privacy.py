@@ -233,3 +233,13 @@ def test_api_and_delivery_failures_do_not_log_values(
         (warning,) = [line for line in library_log.lines if "answered" in line]
         assert "<value>" in warning and "bad request" in warning
     assert API_KEY not in str(error) and API_KEY not in repr(error)
+
+
+def test_a_bad_setting_is_shown_as_given_but_never_the_key() -> None:
+    """Settings are configuration, not personal data: the value helps, so it is shown."""
+    with pytest.raises(ValidationError) as info:
+        InteraktHandler(timeout="5s")
+    assert str(info.value).endswith("got '5s' (str)")
+    with pytest.raises(ValidationError) as info:
+        InteraktHandler(api_key=12345678)  # type: ignore[arg-type]
+    assert "12345678" not in str(info.value) and "hidden" in str(info.value)
