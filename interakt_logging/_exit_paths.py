@@ -79,13 +79,13 @@ def _install_sigterm() -> None:
 def drain_then_die(signum: int, frame: Optional[FrameType]) -> None:
     """SIGTERM where the default action was in place: deliver what is queued, then die of it."""
     global _draining
-    if _draining:
-        return
+    if _draining or _lifecycle.defer_signal_while_draining(signum):
+        return  # a drain under way (maybe the one this signal interrupted) finishes first
     _draining = True
     try:
         _lifecycle.drain_all("SIGTERM ends the process")
     finally:
-        _die_of(signum)
+        _lifecycle.die_of(signum)
 
 
 class HoldForExitDrain:
@@ -117,11 +117,6 @@ def _is_uvicorns(handler: Any) -> bool:
     )
 
 
-def _die_of(signum: int) -> None:
-    signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
-    signal.raise_signal(signum)
-
 
 def _deliver_held_sigterm() -> None:
     """At exit, after uvicorn's re-raise was held: drain, then die of the pending SIGTERM as
@@ -130,7 +125,7 @@ def _deliver_held_sigterm() -> None:
         return
     _lifecycle.drain_all()
     if signal.SIGTERM in signal.sigpending():
-        _die_of(signal.SIGTERM)
+        _lifecycle.die_of(signal.SIGTERM)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -87,6 +88,28 @@ def unregister(pipeline: Drainable) -> None:
     _pipelines.discard(pipeline)
 
 
+_main_thread_drains = 0  # drains under way on the main thread, where signal handlers run
+_signal_after_drain: Optional[int] = None  # a signal that arrived during one, delivered after
+
+
+def defer_signal_while_draining(signum: int) -> bool:
+    """For a signal handler that would drain: when it interrupted a drain on the main thread,
+    it must not drain again from inside it (that drain holds locks), so the signal is noted and
+    delivered with its default action once that drain ends. True when deferred."""
+    global _signal_after_drain
+    if not _main_thread_drains:
+        return False
+    _signal_after_drain = signum
+    return True
+
+
+def die_of(signum: int) -> None:
+    """End the process by ``signum``'s default action, as if no handler had been installed."""
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    signal.raise_signal(signum)
+
+
 def drain_all(reason: str = "exit") -> Undelivered:
     """Deliver what every live pipeline has queued, then end them: the exit hook, and what a
     SIGTERM handler calls before the process goes. Shows a progress line on stderr when it lasts
@@ -117,6 +140,26 @@ def drain(
     the next drain. Ctrl-C ends them all at once, reporting the rest, and is raised again. Any
     other exception (``sys.exit`` from a signal handler) leaves them closing, so the exit
     drain resumes them."""
+    global _main_thread_drains
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        _main_thread_drains += 1
+    try:
+        return _drain(pipelines, final=final, deadline=deadline, progress=progress)
+    finally:
+        if on_main_thread:
+            _main_thread_drains -= 1
+            if not _main_thread_drains and _signal_after_drain is not None:
+                die_of(_signal_after_drain)
+
+
+def _drain(
+    pipelines: List[Drainable],
+    *,
+    final: bool,
+    deadline: Optional[float],
+    progress: Optional[ProgressLine],
+) -> Undelivered:
     watches = [_Watch(p, m) for p in pipelines for m in [p.begin_close()] if m is not None]
     undelivered = Undelivered()
     try:

@@ -56,7 +56,8 @@ class Workers:
         self._report_unsent = report_unsent
         self._stop = stop
         self._supervisor = supervisor
-        self._lock = threading.Lock()
+        # re-entrant: a signal handler that drains may interrupt the main thread holding it
+        self._lock = threading.RLock()
         self._threads: List[threading.Thread] = []
         self._ended = 0  # threads that ended on an error, not yet replaced
         self._idle = 0

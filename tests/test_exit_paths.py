@@ -73,3 +73,49 @@ def test_a_process_killed_by_sigterm_delivers_or_reports_then_dies_of_it(
         assert delivered == set(map(str, range(50)))
     else:
         assert "DeliveryError" in done.stdout
+
+
+SIGTERM_INSIDE_CLOSE = """
+import logging, os, signal, threading
+from interakt_logging import InteraktHandler
+handler = InteraktHandler(shutdown_timeout=2, on_error=lambda error, payload: print(
+    "reported", payload["body"]["userId"], type(error).__name__, flush=True))
+log = logging.getLogger("shop")
+log.setLevel(logging.INFO)
+log.addHandler(handler)
+for i in range(50):
+    log.info("Order Placed", extra={"interakt_event": {"user_id": str(i)}})
+
+class SigtermWhileHeld:
+    '''The workers' lock, sending SIGTERM to this process once the main thread holds it: the
+    handler runs right there, as when Pool.terminate() hits a worker closing its pipeline.'''
+    def __init__(self, lock):
+        self.lock, self.sent = lock, False
+    def __enter__(self):
+        self.lock.__enter__()
+        if not self.sent and threading.current_thread() is threading.main_thread():
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+handler.pipeline.workers._lock = SigtermWhileHeld(handler.pipeline.workers._lock)
+handler.close()
+print("still alive", flush=True)
+"""
+
+
+def test_sigterm_while_the_main_thread_closes_finishes_the_close_then_dies(
+    server: MockInteraktServer,
+) -> None:
+    """Regression: a SIGTERM arriving while the main thread was inside close() (holding the
+    workers' lock) drained again from the signal handler and deadlocked on that lock for good:
+    a `with Pool()` block's terminate() hung on its worker. Now the close under way finishes and
+    the process then dies of the signal, everything delivered."""
+    server.latency = 0.02
+    done = run_python(SIGTERM_INSIDE_CLOSE, env={"INTERAKT_HOST": server.url}, timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "still alive" not in done.stdout
+    assert {r.body["userId"] for r in server.delivered} == set(map(str, range(50)))
+    assert "reported" not in done.stdout
