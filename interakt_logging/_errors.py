@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from typing import Any
+
+import orjson
 
 
 class InteraktError(Exception):
@@ -36,15 +39,25 @@ class APIError(InteraktError):
     """The Track API refused a request (or answered with something that is not a 2xx).
 
     ``status_code`` is the HTTP status and ``message`` the server's ``message`` field, or the raw
-    body when the answer was not JSON.
+    body when the answer was not JSON. ``sent`` is the JSON body of the request: the API's
+    message may quote it, so the error's own message (and our warning) shows the API's with
+    every value sent masked as ``<value>``; ``message`` keeps it whole for the application.
     """
 
-    def __init__(self, status_code: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        sent: bytes | None = None,
+    ) -> None:
         self.status_code = status_code
         self.message = message
         self.retry_after = retry_after
         hint = " (check the API key: INTERAKT_API_KEY or api_key=)" if status_code == 401 else ""
-        super().__init__(f"Interakt API answered {status_code}: {message}{hint}")
+        shown = message if sent is None else without_values(message, sent)
+        super().__init__(f"Interakt API answered {status_code}: {shown}{hint}")
 
     @property
     def retryable(self) -> bool:
@@ -135,6 +148,51 @@ def shape(value: Any) -> str:
         size = len(value)
         return f"{article} {name} of {size:,} item{'' if size == 1 else 's'}"
     return f"{article} {name}"
+
+
+MASK = "<value>"
+_MAX_ANSWER = 300  # characters of the API's message in the error's own message
+_MAX_LEAVES = 1000  # values of a body looked for in that message
+_MIN_MASKED = 3
+# what a quoting server may write differently (escaped, or as \\xNN in a bytes repr): the
+# pieces between them are masked one by one, so a value is found however it was quoted
+_QUOTED = re.compile(r"[\"'\\\x00-\x1f\x7f-\U0010ffff]+")
+
+
+def without_values(text: str, sent: bytes) -> str:
+    """``text`` (an API's answer) with every value of the JSON body ``sent`` replaced by
+    ``<value>``, and cut to a few hundred characters. The keys stay: they name fields, not
+    people. Pieces shorter than three characters stay too: masking every ``1`` would garble
+    the text, and tell nothing."""
+    try:
+        body = orjson.loads(sent)
+    except orjson.JSONDecodeError:
+        body = None
+    values = sorted(_values_of(body), key=len, reverse=True)
+    if values:
+        text = text[: _MAX_ANSWER + len(values[0])]  # all that can reach the cut below
+    for value in values:
+        text = text.replace(value, MASK)
+    return text if len(text) <= _MAX_ANSWER else text[: _MAX_ANSWER - 3] + "..."
+
+
+def _values_of(body: Any) -> set[str]:
+    """The texts of a JSON body's leaves (str, in pieces, and numbers as written)."""
+    found: set[str] = set()
+    todo = [body]
+    while todo and len(found) < _MAX_LEAVES:
+        node = todo.pop()
+        kind = type(node)
+        if kind is dict:
+            todo.extend(node.values())
+        elif kind is list:
+            todo.extend(node)
+        elif kind is str:
+            found.add(node)
+            found.update(_QUOTED.split(node))
+        elif kind in (int, float):
+            found.add(repr(node))
+    return {value for value in found if len(value) >= _MIN_MASKED}
 
 
 def _raised(exc: BaseException) -> str:

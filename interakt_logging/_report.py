@@ -5,9 +5,8 @@ distinct problem (a validation error on one field, an HTTP status, a kind of net
 full queue) is logged at once, repeats are counted and summarised at most once per interval, so
 a burst of bad events produces one line, not thousands, and an outage tomorrow is still heard of.
 
-A warning never carries a tag's values (phone numbers, emails, traits go to the app's log files
-through it): a ValidationError describes what was given by type and size, and the API's own
-message, which may echo the request, has every value of the payload masked.
+A warning never carries a tag's values (phone numbers, emails, traits would go to the app's log
+files through it): the errors' messages are built without them (see ``_errors``).
 
 Reporting runs wherever a payload is refused: on a sender thread, on the logging thread, inside
 a signal handler that logs, inside ``on_error`` itself. So it never raises, never waits for
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from typing import Any, Callable, Dict, Hashable, List, Optional, Protocol
@@ -71,7 +69,7 @@ class Reporter:
         refused too, say to a closed handler) is warned about but not passed to ``on_error``
         again: that would recurse without end."""
         with contextlib.suppress(Exception):  # a broken logging setup: on_error still hears
-            self._warn(error, on_error_arg)
+            self._warn(error)
         on_error = self._on_error
         if on_error is None:
             return
@@ -102,13 +100,11 @@ class Reporter:
                 f"{what}: {describe(error)}", exc_info=error, level=logging.ERROR,
             )
 
-    def _warn(self, error: Exception, on_error_arg: Any) -> None:
+    def _warn(self, error: Exception) -> None:
         interval = DROP_INTERVAL if isinstance(error, QueueFullError) else REPEAT_INTERVAL
         # the first warning of an internal error carries the traceback of the bug behind it
         internal = isinstance(error, DeliveryError) and error.reason == INTERNAL
-        text = str(error)
-        if isinstance(error, APIError):  # the server's message may echo what it was sent
-            text = text.replace(error.message, without_values(error.message, on_error_arg), 1)
+        text = str(error)  # never a tag's values: see ValidationError and APIError
         self._say_once(
             _problem_key(error), interval, text,
             suffix="see on_error and stats()", exc_info=error.__cause__ if internal else None,
@@ -145,48 +141,6 @@ class Reporter:
             level, "interakt-logging: %s%s; repeats are summarised every %.0f s%s",
             text, more, interval, f", {suffix}" if suffix else "", exc_info=exc_info,
         )
-
-
-MASK = "<value>"
-_MAX_ANSWER = 300  # characters of the API's message in a warning
-_MAX_LEAVES = 1000  # values of a payload looked for in that message
-_MIN_MASKED = 3
-# what a quoting server may write differently (escaped, or as \xNN in a bytes repr): the
-# pieces between them are masked one by one, so a value is found however it was quoted
-_QUOTED = re.compile(r"[\"'\\\x00-\x1f\x7f-\U0010ffff]+")
-
-
-def without_values(text: str, payload: Any) -> str:
-    """``text`` (an API's answer) with every value of ``payload`` (``{"path", "body"}``, as
-    on_error receives it) replaced by ``<value>``, and cut to a few hundred characters. The
-    keys stay: they name fields, not people. Pieces shorter than three characters stay too:
-    masking every ``1`` would garble the text, and tell nothing."""
-    body = payload.get("body") if type(payload) is dict else None
-    values = sorted(_values_of(body), key=len, reverse=True)
-    if values:
-        text = text[: _MAX_ANSWER + len(values[0])]  # all that can reach the cut below
-    for value in values:
-        text = text.replace(value, MASK)
-    return text if len(text) <= _MAX_ANSWER else text[: _MAX_ANSWER - 3] + "..."
-
-
-def _values_of(body: Any) -> set[str]:
-    """The texts of a JSON body's leaves (str, in pieces, and numbers as written)."""
-    found: set[str] = set()
-    todo = [body]
-    while todo and len(found) < _MAX_LEAVES:
-        node = todo.pop()
-        kind = type(node)
-        if kind is dict:
-            todo.extend(node.values())
-        elif kind is list:
-            todo.extend(node)
-        elif kind is str:
-            found.add(node)
-            found.update(_QUOTED.split(node))
-        elif kind in (int, float):
-            found.add(repr(node))
-    return {value for value in found if len(value) >= _MIN_MASKED}
 
 
 def _problem_key(error: Exception) -> Hashable:

@@ -113,15 +113,18 @@ class Transport:
                 f"redirected to {location[:300]}; not followed: a Track API call counts as "
                 "delivered only when the API itself accepts it (check host=)",
             )
-        return parse_response(response.status_code, content, response.headers)
+        return parse_response(response.status_code, content, response.headers, sent=body)
 
     def close(self) -> None:
         self._watchdog.close()
         self._session.close()
 
 
-def parse_response(status: int, content: bytes, headers: Any) -> Any:
-    """The answer of a 2xx, or APIError carrying the server's message and Retry-After."""
+def parse_response(
+    status: int, content: bytes, headers: Any, sent: Optional[bytes] = None
+) -> Any:
+    """The answer of a 2xx, or APIError carrying the server's message and Retry-After (and the
+    body ``sent``, whose values its message masks)."""
     try:
         answer: Any = orjson.loads(content) if content else None
     except orjson.JSONDecodeError:
@@ -132,7 +135,9 @@ def parse_response(status: int, content: bytes, headers: Any) -> Any:
         message = str(answer.get("message", answer))
     else:
         message = str(answer or "")[:500]
-    raise APIError(status, message, retry_after=parse_retry_after(headers.get("Retry-After")))
+    raise APIError(
+        status, message, retry_after=parse_retry_after(headers.get("Retry-After")), sent=sent
+    )
 
 
 def parse_retry_after(value: Optional[str]) -> Optional[float]:

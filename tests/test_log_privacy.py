@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import socket
 from collections.abc import Iterator
 from typing import Any, Callable, List, Tuple
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -203,8 +205,9 @@ def test_api_and_delivery_failures_do_not_log_values(
     failure: str, sync: bool, server: MockInteraktServer,
     make_handler: Callable[..., InteraktHandler], library_log: _Keep,
 ) -> None:
-    """The API's message may echo the request (the mock here quotes its body): the warning keeps
-    the message with the payload's values masked; APIError.message keeps it whole for on_error."""
+    """The API's message may echo the request (the mock here quotes its body): the warning and
+    str(APIError) keep the message with the payload's values masked; APIError.message keeps it
+    whole for on_error."""
     reports: Reports = []
     host = server.url
     if failure == "no-server":
@@ -229,6 +232,7 @@ def test_api_and_delivery_failures_do_not_log_values(
         assert isinstance(error, DeliveryError)
     else:
         assert isinstance(error, APIError) and MARKER in error.message  # on_error sees it all
+        assert MARKER not in str(error) and PHONE not in str(error)  # log.exception does not
         assert payload["body"]["traits"]["email"] == f"{MARKER}@example.com"
         (warning,) = [line for line in library_log.lines if "answered" in line]
         assert "<value>" in warning and "bad request" in warning
@@ -243,3 +247,19 @@ def test_a_bad_setting_is_shown_as_given_but_never_the_key() -> None:
     with pytest.raises(ValidationError) as info:
         InteraktHandler(api_key=12345678)  # type: ignore[arg-type]
     assert "12345678" not in str(info.value) and "hidden" in str(info.value)
+
+
+@pytest.mark.parametrize("quote", [
+    lambda body: body.decode(),  # the body as received
+    lambda body: json.dumps(json.loads(body)),  # re-encoded
+    lambda body: repr(body),  # a bytes repr
+    lambda body: str(json.loads(body)),  # a Python dict's str
+], ids=["raw", "json", "bytes-repr", "dict-str"])
+def test_an_api_message_quoting_the_request_is_masked(quote: Callable[[bytes], str]) -> None:
+    sent = orjson.dumps({"userId": "u-7", "phoneNumber": PHONE, "traits": {
+        "note": f'say "{MARKER}"\n', "n": 9876543210, "x": "é" + MARKER}})
+    error = APIError(400, f"invalid request: {quote(sent)}", sent=sent)
+    assert error.message.startswith("invalid request: ")
+    text = str(error)
+    assert MARKER not in text and PHONE not in text and "<value>" in text, text
+    assert text.startswith("Interakt API answered 400: invalid request: ")
