@@ -12,7 +12,14 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from . import _exit_paths
 from ._backlog import FlushResult
-from ._errors import InteraktError, ValidationError, _raised, internal_error
+from ._errors import (
+    APIError,
+    DeliveryError,
+    InteraktError,
+    ValidationError,
+    _raised,
+    internal_error,
+)
 from ._misspelt import FORMATTED_RECORD_SIZE, PLAIN_RECORD_SIZE, check_extras
 from ._payload import (
     EVENT_TAG,
@@ -199,8 +206,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
         if pipeline is None:
             self.handleError(record)
             return
-        if self.settings.sync_mode and isinstance(error, InteraktError):
-            return
+        if self.settings.sync_mode and isinstance(error, (APIError, DeliveryError)):
+            return  # what pipeline.send raises, and _send_now has reported
         d = record.__dict__
         tag = original(d.get(EVENT_TAG, d.get(USER_TAG)))
         pipeline.report_unsent(internal_error(error, "handling a log record"), tag)

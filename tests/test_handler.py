@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import shutil
 import threading
 import traceback
 from typing import Any, Callable
@@ -157,6 +158,29 @@ def test_a_bug_while_handling_a_record_is_reported_with_its_tag(
     assert handler.stats()["failed"] == 1
     assert "Logging error" not in capsys.readouterr().err
     assert any(r.exc_info and r.name == "interakt_logging" for r in caplog.records)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["background", "sync"])
+def test_a_record_that_cannot_reopen_the_handler_is_reported(
+    logger: logging.Logger, sync: bool, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+    make_handler: Callable[..., InteraktHandler],
+) -> None:
+    """A record after close() starts a fresh pipeline; when that fails (the outbox's directory
+    is gone), the record is reported with its tag. In sync mode it was lost silently: taken
+    for a failure the send had reported already."""
+    reports: list[tuple[Exception, Any]] = []
+    folder = tmp_path / "outbox"
+    folder.mkdir()
+    handler = make_handler(sync_mode=sync, outbox=str(folder / "o.db"),
+                           on_error=lambda e, p: reports.append((e, p)))
+    logger.addHandler(handler)
+    handler.close()
+    shutil.rmtree(folder)
+    logger.info("Order Placed", extra=event("9"))
+    (error, tag), = reports
+    assert isinstance(error, DeliveryError) and isinstance(error.__cause__, ValidationError)
+    assert tag == {"user_id": "9", "traits": {}} and handler.stats()["failed"] == 1
+    assert "Logging error" not in capsys.readouterr().err
 
 
 def test_flush_and_close_are_idempotent(
