@@ -1,15 +1,18 @@
 """Side-by-side benchmark of interakt-logging against the original SDK (issue 5).
 
     pip install -e ".[bench]"        # adds interakt-track-python 1.0.7, the original SDK
-    python bench/run.py              # full run, about a minute on 2 cores
+    pip install -e ".[redis]"        # and a redis-server on PATH: the shared-limiter row
+    python bench/run.py              # full run, about 12 minutes on 2 cores
+    python bench/run.py --only-rate  # only the round-trip sweep and the shared rate limit
     python bench/run.py --quick      # tiny N: checks that everything runs (the smoke test)
 
 Everything runs in this one process, in interleaved rounds, except the loopback Track API look-
 alikes (``MockInteraktServer`` at 20 ms latency, and one that never answers), which run in child
-processes so that their CPU stays out of the measurements, and the exit-drain row, which times a
-child process that logs and exits. It prints a Markdown report: medians, the ratios the targets
-are about, and whether each is met. Rows of the original SDK are skipped with a note when it is
-not installed.
+processes so that their CPU stays out of the measurements; the exit-drain row, which times a
+child process that logs and exits; and the shared-rate-limit rows, whose processes are children
+sharing one rate-limited mock (and, for one row, a throwaway redis-server). It prints a Markdown
+report: medians, the ratios the targets are about, and whether each is met. Rows of the
+original SDK are skipped with a note when it is not installed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import logging.handlers
 import os
 import platform
 import queue
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,10 +55,15 @@ class Sizes:
     queued: int = 10_000  # row 5
     drain: int = 1_000  # row 6
     drain_rounds: int = 3
+    rate_cases: str = "full"  # the shared-rate-limit cases: "full", or "quick" (two tiny ones)
+    sweep: int = 600  # events per round-trip sweep point (ours)
+    sweep_seconds: float = 6.0  # the original SDK's share of a sweep point: 1 request at a time
+    sweep_latencies: Tuple[float, ...] = (0.02, 0.15, 0.3)
 
 
 QUICK = Sizes(rounds=2, calls=200, deliver=20, deliver_rounds=1, queued=500, drain=50,
-              drain_rounds=1)
+              drain_rounds=1, rate_cases="quick", sweep=20, sweep_seconds=0.3,
+              sweep_latencies=(0.02,))
 
 
 # -- loopback servers in child processes ---------------------------------------------------------
@@ -597,15 +607,27 @@ class RateOutcome:
 
 
 def rate_child(url: str, n: int, name: str, settings: str) -> None:
-    """Child process: log ``n`` events at once, close (delivering all of them), print the
-    monotonic times of the first log call and of the end of close."""
-    handler = InteraktHandler(api_key=API_KEY, host=url, shutdown_timeout=900,
-                              max_queue_size=max(10_000, n), **json.loads(settings))
-    log = quiet_logger("bench.rate", handler)
-    started = time.monotonic()
-    for i in range(n):
-        log.info(name, extra={"interakt_event": {"user_id": str(i)}})
-    handler.close()
+    """Child process: log ``n`` events at once and deliver them (ours: close; the original
+    SDK, ``{"sdk": "original"}``: flush and join), then print the monotonic times of the first
+    call and of the end."""
+    options = json.loads(settings)
+    if options.pop("sdk", "ours") == "original":
+        track = original_sdk()
+        assert track is not None, "the original SDK is not installed"
+        client = start_original(track, url, max_queue_size=max(10_000, n),
+                                on_error=lambda error, message: None)
+        started = time.monotonic()
+        for i in range(n):
+            track.event(user_id=str(i), event=name, traits={})
+        stop_original(track, client, drain=True)
+    else:
+        handler = InteraktHandler(api_key=API_KEY, host=url, shutdown_timeout=900,
+                                  max_queue_size=max(10_000, n), **options)
+        log = quiet_logger("bench.rate", handler)
+        started = time.monotonic()
+        for i in range(n):
+            log.info(name, extra={"interakt_event": {"user_id": str(i)}})
+        handler.close()
     print(started, time.monotonic(), flush=True)
 
 
@@ -642,15 +664,124 @@ def rate_row(case: RateCase, outcome: RateOutcome) -> str:
             f"{total / outcome.seconds:.1f}/s | {ideal} |")
 
 
-def shared_rate_limit(cases: List[RateCase], results: Results) -> None:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisProcess:
+    """A throwaway redis-server on loopback (no persistence), or ``url`` None with the reason
+    it could not run."""
+
+    def __init__(self) -> None:
+        self.url: Optional[str] = None
+        self.why_not = ""
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+        binary = shutil.which("redis-server")
+        try:
+            import redis
+        except ImportError:
+            self.why_not = "redis-py is not installed (pip install -e '.[redis]')"
+            return
+        if binary is None:
+            self.why_not = "redis-server is not on PATH"
+            return
+        port = free_port()
+        self._proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_timeout=1)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(ready, lambda: "redis-server did not start", 10)
+        client.close()
+        self.url = url
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+
+
+def rate_cases(sizes: Sizes, redis_url: Optional[str]) -> List[RateCase]:
+    """The issue's situations, and the three ways through the 8-process one."""
+    redis = {"rate_limit": 19, "rate_limit_store": redis_url}
+    if sizes.rate_cases == "quick":
+        return [RateCase("ours: adaptive pacing", 2, 10, 50)] + (
+            [RateCase("ours: Redis", 2, 10, 50, settings=redis)] if redis_url else [])
+    cases = [
+        RateCase("ours", 1, 600, 20),
+        RateCase("ours", 6, 150, 20),
+        RateCase("no limiter: the original SDK", 8, 250, 20, settings={"sdk": "original"}),
+        RateCase("ours: adaptive pacing", 8, 250, 20),
+    ]
+    if redis_url is not None:
+        cases.append(RateCase("ours: rate_limit=19 shared in Redis", 8, 250, 20, settings=redis))
+    return [*cases, RateCase("ours", 1, 2000, 100, latency=0.2),
+            RateCase("ours", 1, 3000, 80, latency=0.15)]
+
+
+def shared_rate_limit(sizes: Sizes, results: Results) -> None:
+    store = RedisProcess()
+    try:
+        cases = rate_cases(sizes, store.url)
+        if original_sdk() is None:
+            cases = [c for c in cases if c.settings.get("sdk") != "original"]
+        rows = [rate_row(case, run_rate_case(case, f"rate-{i}")) for i, case in enumerate(cases)]
+    finally:
+        store.close()
+    notes = [] if store.url else [f"(the Redis row is skipped: {store.why_not})"]
     results.sections.append("\n".join([
         "Shared rate limit: N processes x M events against one account limit "
-        "(MockInteraktServer(rate_limit=R), a sliding 1 s window, no Retry-After):",
+        "(MockInteraktServer(rate_limit=R) in a child process: a sliding 1 s window, no "
+        "Retry-After). Time runs from the first log call to the last process done; ideal is "
+        "events / limit:",
         "",
         "| settings | processes x events | limit | round trip | delivered | lost | 429s | time "
         "| events/s | time / ideal |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *(rate_row(case, run_rate_case(case, f"rate-{i}")) for i, case in enumerate(cases)),
+        *rows, *notes,
+    ]))
+
+
+def round_trip_sweep(sizes: Sizes, results: Results) -> None:
+    """Events/s at 20, 150 and 300 ms with no rate limit, default settings, against the
+    original SDK (which sends one request at a time)."""
+    track = original_sdk()
+    rows = []
+    for latency in sizes.sweep_latencies:
+        server = ServerProcess(latency=latency)
+        try:
+            ours, _, problem = deliver_ours(server, sizes.sweep, f"sweep-ours-{latency}")
+            if problem:
+                results.notes.append(f"round-trip sweep at {latency * 1000:.0f} ms: {problem}")
+            original = float("nan")
+            if track is not None:
+                n = max(3, round(sizes.sweep_seconds / latency))
+                original, _, problem = deliver_original(track, server, n, f"sweep-orig-{latency}")
+                if problem:
+                    results.notes.append(f"round-trip sweep at {latency * 1000:.0f} ms: {problem}")
+        finally:
+            server.close()
+        rows.append(f"| {latency * 1000:.0f} ms | {ours:.0f}/s | {original:.1f}/s | "
+                    f"{ours / original:.1f}x |")
+    results.sections.append("\n".join([
+        f"Round-trip sweep: events/s delivered with no rate limit, default settings "
+        f"({sizes.sweep} events for ours; the original SDK about {sizes.sweep_seconds:g} s "
+        f"of its one-at-a-time sending):",
+        "",
+        "| round trip | ours | original SDK | ratio |",
+        "| --- | --- | --- | --- |",
+        *rows,
     ]))
 
 
@@ -739,7 +870,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("memory", lambda: memory(sizes, hanging, results)),
             ("delivery", lambda: delivery(sizes, server, results)),
             ("exit drain", lambda: exit_drain(sizes, server, results)),
+            ("round-trip sweep", lambda: round_trip_sweep(sizes, results)),
+            ("shared rate limit", lambda: shared_rate_limit(sizes, results)),
         ]
+        if args.only_rate:
+            steps = steps[-2:]
         for title, step in steps:
             started = time.monotonic()
             step()
