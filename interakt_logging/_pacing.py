@@ -3,11 +3,13 @@
 Interakt limits calls per account and answers 429 past it, with no Retry-After. Each process
 finds its share of that limit alone, the way botocore's adaptive retry mode does: a token bucket
 whose rate is cut on a 429 and grows back along a CUBIC curve while calls are accepted. Unlike
-botocore it cuts to the rate the API actually *accepted* over the last second (the SRE book's
-client-side throttling measures the same thing), so a process lands on its share at once instead
-of multiplying its rate by 0.7 per 429 (and a stray 429 hardly slows it); it cuts at most once a
-second, not once per 429 of a burst; its curve is scaled to the rate (the same shape at 2/s and
-at 200/s); and its bucket holds one token, so it never bursts into a sliding window.
+botocore, it cuts to 85% of the rate the API actually *accepted* from it over the last second
+(its share right now; the SRE book's client-side throttling measures the same thing), so it
+lands near its share at once instead of multiplying its rate by 0.7 per 429; it cuts at most
+once a second, not once per 429 of a burst; it owes what a burst got accepted ahead of the new
+pace, so it does not keep sending into a window that burst filled; its curve is scaled to the
+rate (the same shape at 2/s and at 200/s); and its bucket holds one token, so it never bursts
+into a sliding window.
 
 Nothing here locks or sleeps: every method takes the time, ``FlowControl`` holds the lock and
 does the waiting, and tests drive it all with a fake clock.

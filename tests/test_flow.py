@@ -6,7 +6,8 @@ growth are checked exactly.
 
 from __future__ import annotations
 
-from typing import Any, List, Union
+import threading
+from typing import Any, List, Optional, Union
 
 import pytest
 from hypothesis import given, settings
@@ -18,8 +19,10 @@ from interakt_logging._delivery import Delivered, Delivery, TryAgain
 from interakt_logging._flow import CLOSED, HALF_OPEN, OPEN, FlowControl, Permit, Wait
 from interakt_logging._pacing import MIN_RATE, AdaptivePace, TokenBucket
 from interakt_logging._payload import EVENTS_PATH, Payload
+from interakt_logging._shared_limit import Reservation
 from interakt_logging._stats import Counters
 from interakt_logging._transport import NetworkError
+from interakt_logging.testing import wait_until
 
 
 class FakeClock:
@@ -321,3 +324,40 @@ def test_sync_send_gives_up_on_429s_past_max_retries_without_a_deadline() -> Non
     delivery, _ = make_delivery(ScriptedPoster(throttled, throttled, {"ok": 1}), max_retries=1)
     with pytest.raises(APIError):
         delivery.send(payload())
+
+
+# -- a schedule shared between processes (Redis), stood in for -----------------------------------
+
+class SharedStandIn:
+    """Answers ``reserve`` from a list, as ``_shared_limit.SharedLimit`` would."""
+
+    def __init__(self, *answers: Optional[Reservation]) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def reserve(self) -> Optional[Reservation]:
+        self.asked += 1
+        return self.answers.pop(0)
+
+
+def test_a_shared_schedule_is_asked_until_it_holds_a_slot() -> None:
+    shared = SharedStandIn(Reservation(0.0, held=False), Reservation(0.0, held=True))
+    flow = FlowControl(shared=shared)
+    assert flow.acquire() is Permit.REQUEST and shared.asked == 2
+
+
+def test_an_unreachable_schedule_leaves_the_decision_to_the_process() -> None:
+    flow = FlowControl(rate_limit=5, shared=SharedStandIn(None))
+    assert flow.acquire() is Permit.REQUEST
+
+
+def test_stopping_while_waiting_for_a_shared_slot_gives_the_slot_in_flight_back() -> None:
+    shared = SharedStandIn(Reservation(60.0, held=True))
+    flow = FlowControl(shared=shared)
+    permits: List[Permit] = []
+    waiter = threading.Thread(target=lambda: permits.append(flow.acquire()))
+    waiter.start()
+    wait_until(lambda: shared.asked == 1, lambda: "the schedule was not asked")
+    flow.stop()
+    waiter.join(10)
+    assert permits == [Permit.STOPPED] and flow.in_flight == 0

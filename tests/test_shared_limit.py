@@ -111,6 +111,28 @@ def test_an_unreachable_store_warns_once_and_delivery_goes_on(
     assert len(warnings) == 1 and "unreachable" in warnings[0]
 
 
+@pytest.mark.slow
+def test_a_store_that_never_answers_is_given_up_on_after_its_socket_timeout(
+    logger: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that takes the connection and then says nothing (a hung Redis): senders wait
+    0.25 s at most, warn once, and deliver with the process's own pace."""
+    with socket.socket() as silent, MockInteraktServer() as server:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections are queued by the kernel and never answered
+        store = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        handler = InteraktHandler(host=server.url, rate_limit=200, rate_limit_store=store)
+        logger.addHandler(handler)
+        with caplog.at_level(logging.WARNING, logger="interakt_logging"):
+            for i in range(50):
+                logger.info("Order Placed", extra={"interakt_event": {"user_id": str(i)}})
+            assert handler.flush(30)
+        handler.close()
+        assert len(server.events()) == 50
+    warnings = [r.getMessage() for r in caplog.records if "rate_limit_store" in r.getMessage()]
+    assert len(warnings) == 1 and "TimeoutError" in warnings[0]
+
+
 CHILD = """
     import json, logging, sys
     from interakt_logging import InteraktHandler
