@@ -263,3 +263,12 @@ def test_an_api_message_quoting_the_request_is_masked(quote: Callable[[bytes], s
     text = str(error)
     assert MARKER not in text and PHONE not in text and "<value>" in text, text
     assert text.startswith("Interakt API answered 400: invalid request: ")
+
+
+@pytest.mark.parametrize("host", ["https://user:s3cretpw@api.interakt.ai",
+                                  "ftp://user:s3cretpw@api.interakt.ai"])
+def test_a_host_with_credentials_is_refused_without_showing_them(host: str) -> None:
+    """It was refused with the URL in the message, password included."""
+    with pytest.raises(ValidationError) as info:
+        InteraktHandler(host=host)
+    assert info.value.field == "host" and "s3cretpw" not in str(info.value)
