@@ -18,6 +18,7 @@ original SDK are skipped with a note when it is not installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -26,8 +27,6 @@ import logging.handlers
 import os
 import platform
 import queue
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from interakt_logging import InteraktHandler
 from interakt_logging import track as our_track
-from interakt_logging.testing import wait_until
+from interakt_logging.testing import redis_server, wait_until
 
 API_KEY = "bench-key"
 LATENCY = 0.020
@@ -664,54 +663,6 @@ def rate_row(case: RateCase, outcome: RateOutcome) -> str:
             f"{total / outcome.seconds:.1f}/s | {ideal} |")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisProcess:
-    """A throwaway redis-server on loopback (no persistence), or ``url`` None with the reason
-    it could not run."""
-
-    def __init__(self) -> None:
-        self.url: Optional[str] = None
-        self.why_not = ""
-        self._proc: Optional[subprocess.Popen[bytes]] = None
-        binary = shutil.which("redis-server")
-        try:
-            import redis
-        except ImportError:
-            self.why_not = "redis-py is not installed (pip install -e '.[redis]')"
-            return
-        if binary is None:
-            self.why_not = "redis-server is not on PATH"
-            return
-        port = free_port()
-        self._proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url, socket_timeout=1)
-
-        def ready() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(ready, lambda: "redis-server did not start", 10)
-        client.close()
-        self.url = url
-
-    def close(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-
-
 def rate_cases(sizes: Sizes, redis_url: Optional[str]) -> List[RateCase]:
     """The issue's situations, and the three ways through the 8-process one."""
     redis = {"rate_limit": 19, "rate_limit_store": redis_url}
@@ -731,15 +682,19 @@ def rate_cases(sizes: Sizes, redis_url: Optional[str]) -> List[RateCase]:
 
 
 def shared_rate_limit(sizes: Sizes, results: Results) -> None:
-    store = RedisProcess()
-    try:
-        cases = rate_cases(sizes, store.url)
+    with contextlib.ExitStack() as stack:
+        try:
+            import redis  # noqa: F401  (the extra the Redis row needs)
+
+            store: Optional[str] = stack.enter_context(redis_server())
+            why_not = ""
+        except (ImportError, FileNotFoundError) as exc:
+            store, why_not = None, str(exc)
+        cases = rate_cases(sizes, store)
         if original_sdk() is None:
             cases = [c for c in cases if c.settings.get("sdk") != "original"]
         rows = [rate_row(case, run_rate_case(case, f"rate-{i}")) for i, case in enumerate(cases)]
-    finally:
-        store.close()
-    notes = [] if store.url else [f"(the Redis row is skipped: {store.why_not})"]
+    notes = [] if store else [f"(the Redis row is skipped: {why_not})"]
     results.sections.append("\n".join([
         "Shared rate limit: N processes x M events against one account limit "
         "(MockInteraktServer(rate_limit=R) in a child process: a sliding 1 s window, no "

@@ -26,6 +26,7 @@ import orjson
 from . import _pipeline
 from ._mock_server import MockInteraktServer, RecordedRequest, Reply
 from ._payload import EVENTS_PATH, Payload
+from ._redis_server import redis_server
 
 __all__ = [
     "Captured",
@@ -34,6 +35,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "capture",
+    "redis_server",
     "wait_until",
 ]
 

@@ -8,7 +8,6 @@ import json
 import logging
 import subprocess
 import sys
-import textwrap
 from typing import Any, List
 
 import pytest
@@ -117,32 +116,41 @@ def test_a_429_shrinks_the_window_of_requests_in_flight(logger: logging.Logger) 
 
 
 CHILD = """
-    import json, logging, sys
-    from interakt_logging import InteraktHandler
-    handler = InteraktHandler(host=sys.argv[1], shutdown_timeout=120)
-    log = logging.getLogger("child")
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
-    for i in range({events}):
-        log.info("Order Placed", extra={{"interakt_event": {{"user_id": f"{{sys.argv[2]}}-{{i}}"}}}})
-    handler.close()
-    print(json.dumps(handler.stats()))
+import json, logging, sys
+from interakt_logging import InteraktHandler
+url, name, events, settings = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+handler = InteraktHandler(host=url, shutdown_timeout=120, **settings)
+log = logging.getLogger("child")
+log.setLevel(logging.INFO)
+log.addHandler(handler)
+for i in range(events):
+    log.info("Order Placed", extra={"interakt_event": {"user_id": f"{name}-{i}"}})
+handler.close()
+print(json.dumps(handler.stats()))
 """
 
 
-def test_processes_sharing_one_account_limit_lose_nothing(tmp_path: Any) -> None:
-    processes, events = 4, 100
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD.format(events=events)))
+def deliver_from_processes(
+    url: str, processes: int, events: int, **settings: Any
+) -> List[dict[str, Any]]:
+    """Real processes log ``events`` each at once (user ids ``P-I``) and close; their stats()."""
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, url, str(p), str(events),
+                                  json.dumps(settings)], stdout=subprocess.PIPE, text=True)
+                for p in range(processes)]
+    outputs = [child.communicate(timeout=120)[0] for child in children]
+    assert all(child.returncode == 0 for child in children)
+    return [json.loads(out) for out in outputs]
+
+
+def logged_by(processes: int, events: int) -> List[str]:
+    return sorted(f"{p}-{i}" for p in range(processes) for i in range(events))
+
+
+def test_processes_sharing_one_account_limit_lose_nothing() -> None:
+    processes, events = 3, 80
     with MockInteraktServer(rate_limit=100, latency=0.01) as server:
-        children = [subprocess.Popen([sys.executable, str(script), server.url, str(p)],
-                                     stdout=subprocess.PIPE, text=True)
-                    for p in range(processes)]
-        outputs = [child.communicate(timeout=120)[0] for child in children]
-        assert all(child.returncode == 0 for child in children)
-        stats = [json.loads(out) for out in outputs]
+        stats = deliver_from_processes(server.url, processes, events)
         delivered = sorted(b["userId"] for b in server.events())
-    assert delivered == sorted(f"{p}-{i}" for p in range(processes) for i in range(events))
+    assert delivered == logged_by(processes, events)
     assert sum(s["failed"] + s["dropped"] for s in stats) == 0
     assert share_429(server) < 0.3
-
