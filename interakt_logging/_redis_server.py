@@ -44,18 +44,29 @@ def redis_server(timeout: float = 10.0) -> Iterator[str]:
         raise FileNotFoundError(
             "redis-server is not on PATH (Debian: apt-get install redis-server)"
         )
-    port = _free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while not _answers_ping(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not answer on port {port}")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
+    for _ in range(3):  # the free port may be taken before redis-server binds it: another
+        port = _free_port()
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            if _started(server, port, time.monotonic() + timeout):
+                yield f"redis://127.0.0.1:{port}/0"
+                return
+        finally:
+            server.terminate()
+            server.wait(10)
+    raise RuntimeError("redis-server did not start (three ports tried)")
+
+
+def _started(server: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
+    """True once it answers PING; False if it exited (its port was taken, say)."""
+    while not _answers_ping(port):
+        if server.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not answer on port {port}")
+        time.sleep(0.02)
+    return True
