@@ -13,6 +13,19 @@ import orjson
 class InteraktError(Exception):
     """Base class of every error this library raises or reports."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its message and attributes, not by calling ``__init__`` again (which
+        takes other arguments than ``args`` holds): an error passed from ``on_error`` in a
+        worker process to its parent arrives whole."""
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[InteraktError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ValidationError(InteraktError, ValueError):
     """A tag or call argument is not what the Track API accepts.

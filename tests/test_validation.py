@@ -7,6 +7,7 @@ import datetime
 import decimal
 import itertools
 import logging
+import pickle
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -15,7 +16,15 @@ from typing import Any, Callable
 import orjson
 import pytest
 
-from interakt_logging import InteraktHandler, InteraktProcessor, ValidationError, track
+from interakt_logging import (
+    APIError,
+    DeliveryError,
+    InteraktHandler,
+    InteraktProcessor,
+    QueueFullError,
+    ValidationError,
+    track,
+)
 from interakt_logging._payload import (
     EVENTS_PATH,
     TRAITS_MAX_DEPTH,
@@ -571,3 +580,19 @@ def test_the_processor_reports_an_event_name_it_cannot_write(
     assert isinstance(error, ValidationError) and error.field == "event"
     assert payload == {"user_id": "1"} and handler.stats()["failed"] == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("error", [
+    ValidationError("traits.email", "someone@example.com", "a str"),
+    ValidationError("timeout", "5s", "a number > 0", shown=True),
+    APIError(400, "bad request", retry_after=2.0, sent=b'{"userId":"42"}'),
+    DeliveryError("could not reach the Interakt API: refused", "ConnectionError"),
+    QueueFullError("queue full (3 payloads); payload dropped"),
+], ids=["validation", "validation-shown", "api", "delivery", "queue-full"])
+def test_errors_cross_a_process_boundary_whole(error: Exception) -> None:
+    """on_error in a multiprocessing worker may send its error to the parent: pickling used to
+    fail on unpickling (the classes' __init__ takes more than ``args`` holds)."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.__dict__ == error.__dict__
