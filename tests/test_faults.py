@@ -473,7 +473,8 @@ backlog._unfinished_upto = interrupted
 log.info("Order", extra={"interakt_event": {"user_id": "1"}})
 handler.flush(0.0001)
 assert fired
-print(len(server.events()), *("unknown" if "may or may not" in str(e) else e for e in errors))
+print(len(server.events()), *(
+    "unknown" if "may or may not" in str(e) else type(e).__name__ for e in errors))
 server.stop()
 """
 
@@ -484,10 +485,13 @@ def test_a_sigterm_handler_that_closes_inside_a_flush_does_not_deadlock() -> Non
     right then took the same lock on the same thread: the process hung for good, deaf to
     further SIGTERMs. Now it ends. The senders still wait for that lock while the handler
     runs, so the close waits shutdown_timeout and reports the payload in flight as one the
-    API may or may not have recorded (it had: "unknown" is the honest word)."""
+    API may or may not have recorded (it had: "unknown" is the honest word). On a loaded
+    machine no sender may have taken the payload by then: it is reported as not delivered."""
     done = run_python(_SIGTERM_CLOSES_INSIDE_A_FLUSH, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() in (["1"], ["1", "unknown"], ["0", "unknown"])
+    assert done.stdout.split() in (
+        ["1"], ["1", "unknown"], ["0", "unknown"], ["0", "DeliveryError"]
+    ), done.stdout
 
 
 _ON_ERROR_LOGS_TO_ITS_CLOSED_HANDLER = """
