@@ -89,13 +89,14 @@ def unregister(pipeline: Drainable) -> None:
 
 
 _main_thread_drains = 0  # drains under way on the main thread, where signal handlers run
-_signal_after_drain: Optional[int] = None  # a signal that arrived during one, delivered after
+_signal_after_drain: Optional[int] = None  # a signal that arrived during one, acted on after
 
 
 def defer_signal_while_draining(signum: int) -> bool:
     """For a signal handler that would drain: when it interrupted a drain on the main thread,
-    it must not drain again from inside it (that drain holds locks), so the signal is noted and
-    delivered with its default action once that drain ends. True when deferred."""
+    it must not drain again from inside it (that drain holds locks), so the signal is noted;
+    once that drain ends, every pipeline is drained (that one may have been one handler's
+    close) and the process dies of the signal's default action. True when deferred."""
     global _signal_after_drain
     if not _main_thread_drains:
         return False
@@ -140,7 +141,7 @@ def drain(
     the next drain. Ctrl-C ends them all at once, reporting the rest, and is raised again. Any
     other exception (``sys.exit`` from a signal handler) leaves them closing, so the exit
     drain resumes them."""
-    global _main_thread_drains
+    global _main_thread_drains, _signal_after_drain
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:
         _main_thread_drains += 1
@@ -150,7 +151,17 @@ def drain(
         if on_main_thread:
             _main_thread_drains -= 1
             if not _main_thread_drains and _signal_after_drain is not None:
-                die_of(_signal_after_drain)
+                signum, _signal_after_drain = _signal_after_drain, None
+                _drain_then_die_of(signum)
+
+
+def _drain_then_die_of(signum: int) -> None:
+    """What a deferred signal does once the drain it interrupted ends: drain every pipeline
+    (that drain may have been one handler's close), then die of the signal."""
+    try:
+        drain_all(f"{signal.Signals(signum).name} ends the process")
+    finally:
+        die_of(signum)
 
 
 def _drain(

@@ -119,3 +119,54 @@ def test_sigterm_while_the_main_thread_closes_finishes_the_close_then_dies(
     assert "still alive" not in done.stdout
     assert {r.body["userId"] for r in server.delivered} == set(map(str, range(50)))
     assert "reported" not in done.stdout
+
+
+SIGTERM_INSIDE_ONE_CLOSE_OF_TWO = """
+import logging, os, signal, threading
+from interakt_logging import InteraktHandler
+def report(error, payload):
+    print("reported", payload["body"]["userId"], type(error).__name__, flush=True)
+closing = InteraktHandler(shutdown_timeout=2, on_error=report)
+other = InteraktHandler(shutdown_timeout=2, workers=1, on_error=report)
+for name, handler in (("closing", closing), ("other", other)):
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    for i in range(10):
+        log.info("Order Placed", extra={"interakt_event": {"user_id": f"{name}-{i}"}})
+
+class SigtermWhileHeld:
+    def __init__(self, lock):
+        self.lock, self.sent = lock, False
+    def __enter__(self):
+        self.lock.__enter__()
+        if not self.sent and threading.current_thread() is threading.main_thread():
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+closing.pipeline.workers._lock = SigtermWhileHeld(closing.pipeline.workers._lock)
+closing.close()
+print("still alive", flush=True)
+"""
+
+
+def test_sigterm_deferred_during_one_close_drains_the_other_handlers_before_dying(
+    server: MockInteraktServer,
+) -> None:
+    """Regression: a SIGTERM deferred while the main thread closed one handler died of the
+    signal as soon as that close ended, so another handler's queued payloads (its sender one
+    slow request at a time) were neither delivered nor reported. Now the deferred signal does
+    what it would have done: drain every handler, then die."""
+    server.latency = 0.1
+    done = run_python(SIGTERM_INSIDE_ONE_CLOSE_OF_TWO, env={"INTERAKT_HOST": server.url},
+                      timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "still alive" not in done.stdout
+    delivered = {r.body["userId"] for r in server.delivered}
+    reported = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("reported")}
+    expected = {f"{name}-{i}" for name in ("closing", "other") for i in range(10)}
+    assert delivered | reported == expected, sorted(expected - delivered - reported)
+    assert not delivered & reported
