@@ -206,11 +206,19 @@ class InteraktHandler(logging.handlers.QueueHandler):
         if pipeline is None:
             self.handleError(record)
             return
-        if self.settings.sync_mode and isinstance(error, (APIError, DeliveryError)):
-            return  # what pipeline.send raises, and _send_now has reported
         d = record.__dict__
-        tag = original(d.get(EVENT_TAG, d.get(USER_TAG)))
-        pipeline.report_unsent(internal_error(error, "handling a log record"), tag)
+        self._report_fault(error, original(d.get(EVENT_TAG, d.get(USER_TAG))), "a log record")
+
+    def _report_fault(self, error: Exception, tag: Any, doing: str) -> Optional[DeliveryError]:
+        """Report what ``_dispatch`` raised, unless ``_send_now`` has (in sync mode, what
+        ``pipeline.send`` raises): anything else, a bug or a failing part (a reopen that
+        cannot rebuild the pipeline), is reported with the tag as an internal DeliveryError,
+        which is returned. None when it was reported already."""
+        if self.settings.sync_mode and isinstance(error, (APIError, DeliveryError)):
+            return None
+        fault = internal_error(error, f"handling {doing}")
+        self.pipeline.report_unsent(fault, tag)
+        return fault
 
     def prepare(self, record: logging.LogRecord) -> QueuedPayload:
         """Build the payload of a tagged record; raises ValidationError for bad input."""
@@ -275,7 +283,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
         Every failure is reported as a log record's is (counted in ``stats()``, passed to
         ``on_error``, warned about) and then raised here: ValidationError for bad input, and in
         sync mode APIError / DeliveryError. A payload refused without raising (a full queue, a
-        close under way, no API key) returns ``accepted=False``.
+        close under way, no API key, in background mode a fault while queueing it) returns
+        ``accepted=False``.
         """
         try:
             payload = payload_from_tag(
@@ -284,7 +293,15 @@ class InteraktHandler(logging.handlers.QueueHandler):
         except ValidationError as exc:
             self.pipeline.report_unsent(exc, tag)
             raise
-        outcome = self._dispatch(payload)
+        try:
+            outcome = self._dispatch(payload)
+        except Exception as exc:
+            fault = self._report_fault(exc, tag, "a submitted call")
+            if fault is None:
+                raise  # sync mode: the API's refusal or a network failure, reported
+            if self.settings.sync_mode:
+                raise fault from exc
+            return _new_tuple(Submitted, (*payload, False, None))
         if outcome is _REFUSED or not self.settings.sync_mode:
             return _new_tuple(Submitted, (*payload, outcome is True, None))
         return _new_tuple(Submitted, (*payload, True, outcome))

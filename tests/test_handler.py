@@ -12,9 +12,11 @@ from typing import Any, Callable
 import pytest
 
 from interakt_logging import (
+    EVENTS_PATH,
     APIError,
     DeliveryError,
     InteraktHandler,
+    InteraktProcessor,
     QueueFullError,
     ValidationError,
 )
@@ -181,6 +183,34 @@ def test_a_record_that_cannot_reopen_the_handler_is_reported(
     assert isinstance(error, DeliveryError) and isinstance(error.__cause__, ValidationError)
     assert tag == {"user_id": "9", "traits": {}} and handler.stats()["failed"] == 1
     assert "Logging error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["background", "sync"])
+def test_a_call_that_cannot_reopen_the_handler_is_reported(
+    sync: bool, tmp_path: Any, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """Regression: the same fault through ``submit`` (the structlog processor, ``track``) went
+    unreported: the processor took the ValidationError about the outbox for a reported one and
+    dropped the event silently, and ``submit`` raised it with nothing counted. Now it is
+    reported with its tag; ``submit`` then returns accepted=False, or in sync mode raises."""
+    reports: list[tuple[Exception, Any]] = []
+    folder = tmp_path / "outbox"
+    folder.mkdir()
+    handler = make_handler(sync_mode=sync, outbox=str(folder / "o.db"),
+                           on_error=lambda e, p: reports.append((e, p)))
+    handler.close()
+    shutil.rmtree(folder)
+    processor = InteraktProcessor(handler)
+    processor(None, "info", {"event": "Order Placed", "interakt_event": {"user_id": "9"}})
+    if sync:
+        with pytest.raises(DeliveryError):
+            handler.submit(EVENTS_PATH, {"user_id": "9", "event": "Order Placed"})
+    else:
+        assert not handler.submit(EVENTS_PATH, {"user_id": "9", "event": "Order Placed"}).accepted
+    assert len(reports) == 2 and handler.stats()["failed"] == 2
+    for error, tag in reports:
+        assert isinstance(error, DeliveryError) and isinstance(error.__cause__, ValidationError)
+        assert tag["user_id"] == "9"
 
 
 def test_flush_and_close_are_idempotent(
