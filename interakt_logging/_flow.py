@@ -71,7 +71,11 @@ class FlowControl:
         self.clock = clock
         self._shared = shared
         self._jitter = jitter
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # senders waiting for this process's decision
+        # Senders that hold a permit and sleep until their shared slot: a condition of their
+        # own, or the single wake-up an answer gives would go to them and be lost.
+        self._slot_sleepers = threading.Condition(lock)
         self._stopping = False
         self._pause_until = float("-inf")
         self._failures = 0
@@ -126,7 +130,7 @@ class FlowControl:
 
     def _sleep(self, seconds: float, deadline: Optional[float]) -> bool:
         """Wait ``seconds`` unless stopping or ``deadline`` comes first; True if waited."""
-        with self._cond:
+        with self._slot_sleepers:
             until = self.clock() + seconds
             while not self._stopping:
                 now = self.clock()
@@ -134,7 +138,8 @@ class FlowControl:
                     return False
                 if now >= until:
                     return True
-                self._cond.wait(until - now if deadline is None else min(until, deadline) - now)
+                end = until if deadline is None else min(until, deadline)
+                self._slot_sleepers.wait(end - now)
             return False
 
     def _acquire_here(self, deadline: Optional[float]) -> Permit:
@@ -258,3 +263,4 @@ class FlowControl:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._slot_sleepers.notify_all()

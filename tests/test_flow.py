@@ -6,6 +6,7 @@ growth are checked exactly.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, List, Optional, Union
 
@@ -361,3 +362,34 @@ def test_stopping_while_waiting_for_a_shared_slot_gives_the_slot_in_flight_back(
     flow.stop()
     waiter.join(10)
     assert permits == [Permit.STOPPED] and flow.in_flight == 0
+
+
+def test_a_sender_waiting_for_its_shared_slot_does_not_swallow_a_freed_slots_wake_up() -> None:
+    """Regression: senders sleeping until their shared slot waited on the same condition as
+    senders waiting for a slot in the window, and an answer wakes one waiter only: the sleeper
+    took the wake-up (and slept on) while the sender it was meant for slept until some later
+    answer. Reproduced 1/1 before the fix (the second acquire stayed blocked)."""
+    shared = SharedStandIn(Reservation(60.0, held=True), Reservation(0.0, held=True),
+                           Reservation(0.0, held=True))
+    flow = FlowControl(max_in_flight=2, shared=shared)
+    sleeper = threading.Thread(target=flow.acquire, daemon=True)
+    sleeper.start()  # holds one of the two slots, sleeping until its shared slot
+    wait_until(lambda: shared.asked == 1 and flow.in_flight == 1, lambda: "no sleeper")
+    assert flow.acquire() is Permit.REQUEST  # the second slot: the window is full now
+    granted = threading.Event()
+    waiter = threading.Thread(target=lambda: (flow.acquire(), granted.set()), daemon=True)
+    waiter.start()  # waits for a slot, behind the sleeper
+    wait_until(lambda: _blocked_in_wait(waiter), lambda: "the waiter is not waiting")
+    flow.answered(accepted=True)  # frees a slot: the waiter must get it
+    try:
+        assert granted.wait(5), "the sender waiting for a slot was never woken"
+    finally:
+        flow.stop()
+        sleeper.join(10)
+        waiter.join(10)
+
+
+def _blocked_in_wait(thread: threading.Thread) -> bool:
+    """The thread is blocked in a Condition's wait (its innermost Python frame)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    return frame is not None and frame.f_code.co_name == "wait"
