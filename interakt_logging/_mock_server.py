@@ -21,7 +21,8 @@ __all__ = ["MockInteraktServer", "RecordedRequest", "Reply"]
 
 @dataclass
 class RecordedRequest:
-    """One request as the server saw it, and what it answered."""
+    """One request as the server saw it, and what it answered: ``status`` once chosen,
+    ``answered`` once the whole answer was sent (not cut, nor left dripping)."""
 
     method: str
     path: str
@@ -30,10 +31,12 @@ class RecordedRequest:
     raw: bytes
     status: int = 0
     received_at: float = field(default_factory=time.time)
+    answered: bool = False
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.status < 300
+        """A 2xx the client got whole: what it counts as delivered."""
+        return self.answered and 200 <= self.status < 300
 
 
 @dataclass
@@ -138,7 +141,7 @@ class MockInteraktServer:
 
     @property
     def delivered(self) -> List[RecordedRequest]:
-        """The requests answered with a 2xx."""
+        """The requests answered with a 2xx, sent whole (a cut answer was not delivered)."""
         with self._cond:
             return [r for r in self.requests if r.ok]
 
@@ -163,7 +166,8 @@ class MockInteraktServer:
             return [r for r in self.requests if r.status == 429]
 
     def wait_for(self, count: int, timeout: float = 30.0) -> List[RecordedRequest]:
-        """Wait until ``count`` requests were answered with a 2xx; AssertionError otherwise."""
+        """Wait until ``count`` requests were answered with a 2xx (sent whole); AssertionError
+        otherwise."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._delivered_count < count:
@@ -294,26 +298,42 @@ def _make_handler(mock: MockInteraktServer) -> type:
                 self.wfile.write(head.encode("latin-1") + b"\r\n" + data[: len(data) // 2])
                 return False
             whole = head.encode("latin-1") + b"\r\n" + data
-            if reply.drip and not self._drip(whole, reply.drip, reply.drip_headers):
+            if reply.drip:
+                sent = self._drip(request, whole, reply.drip, reply.drip_headers)
+            else:
+                sent = self._send_last(request, whole)
+            if sent:
+                mock._answered(request)
+            return sent
+
+        def _send_last(self, request: RecordedRequest, data: bytes) -> bool:
+            """Send what completes the answer. ``answered`` is set first: the client may act
+            on the answer (a flush returns) before this thread runs again."""
+            with mock._cond:
+                request.answered = True
+            try:
+                self.wfile.write(data)
+            except OSError:  # the client gave up and closed the connection
+                with mock._cond:
+                    request.answered = False
                 return False
-            if not reply.drip:
-                self.wfile.write(whole)
-            mock._answered(request)
             return True
 
-        def _drip(self, whole: bytes, interval: float, headers_too: bool) -> bool:
+        def _drip(
+            self, request: RecordedRequest, whole: bytes, interval: float, headers_too: bool
+        ) -> bool:
             """Send ``whole`` a byte every ``interval`` s (the head at once unless
             ``headers_too``); False when the client left or the server stops first."""
             start = 0 if headers_too else whole.index(b"\r\n\r\n") + 4
             try:
                 self.wfile.write(whole[:start])
-                for i in range(start, len(whole)):
+                for i in range(start, len(whole) - 1):
                     if mock._stopped.wait(interval):
                         return False
                     self.wfile.write(whole[i : i + 1])
             except OSError:  # the client gave up and closed the connection
                 return False
-            return True
+            return not mock._stopped.wait(interval) and self._send_last(request, whole[-1:])
 
     return Handler
 

@@ -319,6 +319,22 @@ def test_a_connection_reset_in_mid_answer_is_a_network_error(
     assert handler.stats()["retried"] == 1 and handler.stats()["failed"] == 0
 
 
+def test_the_mock_does_not_count_an_answer_it_cut_as_delivered(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """Regression: a 200 cut in mid-answer was listed in ``server.delivered`` (and
+    ``events()``), though the client never got it: a test of "delivered" passed on a payload
+    that failed. Reproduced 1/1 before the fix."""
+    server.script(Reply(200, cut=True))
+    handler = make_handler(max_retries=0, on_error=lambda error, payload: None)
+    logger.addHandler(handler)
+    logger.info("Order Placed", extra=event("1"))
+    assert not handler.flush(20)
+    assert handler.stats()["failed"] == 1
+    assert [r.status for r in server.requests] == [200]
+    assert server.delivered == [] and server.events() == []
+
+
 def test_a_connection_reset_in_sync_mode_never_raises_into_the_app(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
