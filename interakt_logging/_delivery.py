@@ -104,7 +104,7 @@ class Delivery:
                 raise
             counts = flow.failed(sent_at, permit is Permit.PROBE, timed_out=False)  # 5xx
         except BaseException:  # a bug or a failing part: no answer to learn from
-            flow.released()
+            flow.released(probe=permit is Permit.PROBE)
             raise
         else:
             flow.answered(accepted=True)

@@ -123,7 +123,7 @@ class FlowControl:
             if reservation is None:
                 return permit  # out of reach: this process's own pace decided alone
             if not self._sleep(reservation.wait, deadline):
-                self.released()
+                self.released(probe=permit is Permit.PROBE)
                 return Permit.STOPPED
             if reservation.held:
                 return permit
@@ -203,12 +203,18 @@ class FlowControl:
             self._close()
             self._cond.notify()
 
-    def released(self) -> None:
-        """A request granted but ended with no answer to learn from (a failing part): its
-        slot is free again."""
+    def released(self, probe: bool) -> None:
+        """A request granted but ended with no answer to learn from (a failing part, or it
+        gave up waiting for its shared slot): its slot is free again and, if it was the probe,
+        another probe may go at once (half-open, everyone would wait for its outcome)."""
         with self._cond:
             self._window.ended(accepted=False)
-            self._cond.notify()
+            if probe and self._state == HALF_OPEN:
+                self._state = OPEN
+                self._next_probe = self.clock()
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
 
     def throttled(self, sent_at: float, retry_after: Optional[float]) -> None:
         """A 429: the server is up and busy. With Retry-After the server says when: nobody

@@ -70,6 +70,31 @@ def test_breaker_schedule_doubles_to_its_cap_and_one_answer_closes_it() -> None:
     assert flow.poll() == Wait(0.5)  # closing reset the schedule
 
 
+def test_a_probe_that_ends_without_an_answer_leaves_room_for_another() -> None:
+    """Regression: a probe whose post raised (a failing part, no answer) or that gave up
+    waiting for its shared slot left the breaker half-open, and every sender then waited for
+    an outcome that never came: nothing was sent until close. Reproduced 1/1 before the fix."""
+    clock = FakeClock()
+    flow = make_flow(clock, failure_threshold=1, probe_delay=0.5)
+    assert flow.poll() is Permit.REQUEST
+    flow.failed(clock(), probe=False, timed_out=False)  # opens
+    clock.advance(0.5)
+    assert flow.poll() is Permit.PROBE
+    flow.released(probe=True)  # no answer: nothing learned about the server
+    assert flow.state == OPEN and flow.in_flight == 0
+    assert flow.poll() is Permit.PROBE  # another probe goes at once
+
+
+def test_a_failing_part_during_a_probe_does_not_stall_delivery() -> None:
+    poster = ScriptedPoster(NetworkError("ConnectionError", "refused"), RuntimeError("bug"))
+    delivery, _ = make_delivery(poster, max_retries=5)
+    delivery.flow = make_flow(poster.clock, failure_threshold=1, probe_delay=0.0)
+    assert isinstance(delivery.attempt(payload()), TryAgain)  # opens the breaker
+    with pytest.raises(RuntimeError):
+        delivery.attempt(payload())  # the probe: a failing part, no answer
+    assert delivery.flow.poll() is Permit.PROBE
+
+
 def test_failures_while_open_do_not_use_up_retries() -> None:
     clock = FakeClock()
     flow = make_flow(clock, failure_threshold=1, max_in_flight=4)
