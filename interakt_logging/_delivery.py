@@ -5,7 +5,8 @@ both follow one retry policy: network errors and 5xx are retried up to ``max_ret
 every other 4xx is final, and a 429 is no failure at all: the API says *when*, not *whether*.
 A throttled payload waits (flow control slows down) and goes again without using up a retry;
 in the background only the queue's or outbox's capacity and the exit bound can end that wait.
-A sync-mode caller is blocked meanwhile, so there 429s past ``max_retries`` raise after all.
+A sync-mode caller is blocked meanwhile, so there 429s (and failures while the breaker is
+open, which use up no retry either) past ``max_retries`` raise after all.
 """
 
 from __future__ import annotations
@@ -123,16 +124,17 @@ class Delivery:
 
     def send(self, payload: Payload, deadline: Optional[float] = None) -> Any:
         """Deliver on this thread, sleeping between tries (sync mode). Returns the answer."""
-        throttled = 0
+        free_tries = 0  # tries that used up no retry: 429s, failures while the breaker is open
         while True:
+            attempts = payload.attempts
             result = self.attempt(payload, deadline)
             if isinstance(result, Delivered):
                 return result.answer
-            if result.throttled:
-                throttled += 1
+            if payload.attempts == attempts:
+                free_tries += 1
                 # A caller blocked with no deadline must not wait forever: past max_retries
-                # 429s it gets the APIError; with a deadline (at exit) that bounds the wait.
-                if deadline is None and throttled > self._max_retries:
+                # such tries it gets their error; with a deadline (at exit) that bounds the wait.
+                if deadline is None and free_tries > self._max_retries:
                     raise result.cause
             if result.delay > 0 and self._sleep(result.delay, deadline):
                 raise Abandoned()

@@ -345,3 +345,28 @@ def test_a_connection_reset_in_sync_mode_never_raises_into_the_app(
     logger.info("Order Placed", extra=event("1"))  # must not raise
     assert isinstance(errors[0], DeliveryError)
     assert handler.stats()["failed"] == 1
+
+
+@pytest.mark.slow
+def test_sync_mode_gives_up_while_the_breaker_stays_open(
+    logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
+) -> None:
+    """Regression: failures while the breaker is open use up no retry, so in sync mode a call
+    made once it had opened retried the failing probe for ever: the app's log call never
+    returned while the API was down. Reproduced 1/1 before the fix (the third call hung)."""
+    server.responder = lambda request: Reply(503)
+    errors: list[Exception] = []
+    handler = make_handler(sync_mode=True, max_retries=1, on_error=lambda e, p: errors.append(e))
+    logger.addHandler(handler)
+
+    def log_three() -> None:
+        for i in range(3):  # 2 failures each: the fifth, in the third call, opens the breaker
+            logger.info("Order Placed", extra=event(str(i)))
+
+    caller = threading.Thread(target=log_three, daemon=True)
+    caller.start()
+    caller.join(30)
+    alive = caller.is_alive()
+    handler.close(1)  # a hung caller gives up here
+    assert not alive, "a sync-mode log call never returned while the breaker stayed open"
+    assert len(errors) == 3 and handler.stats()["failed"] == 3
