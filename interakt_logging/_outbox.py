@@ -190,6 +190,7 @@ class OutboxBacklog(MemoryBacklog):
         self._deleted = False  # that file is no longer at self.path: nothing in it will last
         self._warned: Set[str] = set()
         self._failed: List[Tuple[Exception, Any]] = []  # found under the lock, reported after
+        self._undeleted: Set[int] = set()  # rows finished here whose delete failed: retried
         self._leftovers = self._peek()
         _live.add(self)
 
@@ -286,11 +287,12 @@ class OutboxBacklog(MemoryBacklog):
         with self._lock:
             tracked = id(payload) in self._in_flight
             if tracked or (delivered and not self._closed):
+                # Finished here whether or not the delete works now: a row that stayed would
+                # hold up every flush. Its delete is retried with the next one, and at close.
+                self._rows -= 1
+                self._undeleted.add(cast(int, payload.outbox_id))
                 try:
-                    self._rows -= self._conn().execute(
-                        "DELETE FROM outbox WHERE id = ? AND owner = ?",
-                        (payload.outbox_id, self._owner),
-                    ).rowcount
+                    self._delete_finished(self._conn())
                 except _FAILURES as exc:
                     self._warn(exc)
         return super().finish(payload, delivered)
@@ -308,6 +310,7 @@ class OutboxBacklog(MemoryBacklog):
                 return
             if db is not None:
                 try:
+                    self._delete_finished(db)
                     if not db.execute(
                         "SELECT 1 FROM outbox WHERE owner = ? LIMIT 1", (self._owner,)
                     ).fetchone():
@@ -359,6 +362,12 @@ class OutboxBacklog(MemoryBacklog):
             lock.close()
             raise
         self._owner, self._owner_lock = token, lock
+
+    def _delete_finished(self, db: sqlite3.Connection) -> None:
+        """Delete the rows of the payloads finished here (lock held)."""
+        for row_id in sorted(self._undeleted):
+            db.execute("DELETE FROM outbox WHERE id = ? AND owner = ?", (row_id, self._owner))
+            self._undeleted.discard(row_id)
 
     def _lock_path(self, owner: str) -> str:
         return os.path.join(self._owners_dir, owner + ".lock")

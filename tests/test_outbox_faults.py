@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interakt_logging import DeliveryError, InteraktHandler, ValidationError
+from interakt_logging._backlog import FlushMarker
 from interakt_logging._cli import main as cli_main
 from interakt_logging._outbox import OutboxBacklog, census
 from interakt_logging._payload import EVENTS_PATH, USERS_PATH, Payload
@@ -278,6 +279,42 @@ def test_corrupt_rows_are_reported_and_dropped_and_the_rest_delivered(
     assert (stats["adopted"], stats["sent"], stats["failed"]) == (6, 3, 3)
     handler.close()
     assert census(str(corrupt_outbox)).total == 0  # nothing left to poison the next restart
+
+
+def test_a_row_whose_delete_failed_does_not_hold_up_flush(tmp_path: Path) -> None:
+    """Regression: when deleting a delivered payload's row failed (I/O error, locked file),
+    the row still counted as one of this process's unfinished ones: every later flush waited
+    for it to its timeout, and the next process sent it again although a retry of the delete
+    could have worked. Reproduced 1/1 before the fix (the marker stayed unreleased)."""
+    backlog = OutboxBacklog(str(tmp_path / "outbox.sqlite3"), room=10, max_bytes=10**6,
+                            counters=Counters(), report_unsent=Rejected())
+    try:
+        backlog.put_batch([Payload(EVENTS_PATH, b'{"userId":"1"}', 1732618359.0),
+                           Payload(EVENTS_PATH, b'{"userId":"2"}', 1732618359.0)])
+        first = backlog.take(1)
+        assert first is not None
+        denied: list[int] = []
+
+        def deny_one_delete(action: int, *_: Any) -> int:
+            if action == sqlite3.SQLITE_DELETE and not denied:
+                denied.append(action)
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        backlog._conn().set_authorizer(deny_one_delete)  # the disk fails this delete only
+        marker = FlushMarker()
+        backlog.add_marker(marker)
+        assert backlog.claim(first)
+        backlog.finish(first, delivered=True)
+        assert denied and not marker.done.is_set()  # the second payload is not finished yet
+        second = backlog.take(1)
+        assert second is not None and backlog.claim(second)
+        backlog.finish(second, delivered=True)
+        assert marker.done.is_set() and marker.finished
+        assert len(backlog) == 0 and backlog.in_flight == 0
+    finally:
+        backlog.close()
+    assert census(str(tmp_path / "outbox.sqlite3")).total == 0  # the failed delete, retried
 
 
 # -- private files whatever the umask ------------------------------------------------------------
