@@ -126,8 +126,11 @@ class MockInteraktServer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving and free the port; also for a server never started (whose
+        ``shutdown`` would wait for ever for a loop that never ran)."""
         self._stopped.set()
-        self._server.shutdown()
+        if self._thread is not None:
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(10)

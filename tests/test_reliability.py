@@ -335,6 +335,16 @@ def test_the_mock_does_not_count_an_answer_it_cut_as_delivered(
     assert server.delivered == [] and server.events() == []
 
 
+def test_a_mock_server_never_started_stops_at_once() -> None:
+    """Regression: stop() waited for ever for a serving loop that never ran (socketserver's
+    shutdown), e.g. in a test's cleanup after a failure before start()."""
+    server = MockInteraktServer()
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive()
+
+
 def test_a_connection_reset_in_sync_mode_never_raises_into_the_app(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
