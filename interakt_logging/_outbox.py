@@ -374,11 +374,13 @@ class OutboxBacklog(MemoryBacklog):
 
     def _write(self, payloads: List[Payload]) -> _Written:
         """Insert what fits under max_bytes in one transaction; returns what was kept and what
-        did not fit. A
-        payload whose row cannot be stored fails alone: it goes to ``_failed``."""
+        did not fit. A payload whose row cannot be stored fails alone: it goes to ``_failed``,
+        once the transaction holds (when the disk refuses it, the caller reports the whole
+        batch, that payload included, once)."""
         db = self._conn()
         rows: List[Tuple[Payload, int]] = []
         not_kept: List[Payload] = []
+        failed_alone: List[Tuple[Exception, Dict[str, Any]]] = []
         with _transaction(db):
             (total,) = db.execute("SELECT bytes FROM totals").fetchone()
             for payload in payloads:
@@ -388,8 +390,9 @@ class OutboxBacklog(MemoryBacklog):
                     continue
                 unusable = _unusable(payload.path, payload.body, payload.created)
                 if unusable is not None:
-                    self._fail_fresh(unusable, _on_error_arg(payload.path, payload.body,
-                                                        payload.created))
+                    failed_alone.append(
+                        (unusable, _on_error_arg(payload.path, payload.body, payload.created))
+                    )
                     continue
                 try:
                     cursor = db.execute(
@@ -399,10 +402,12 @@ class OutboxBacklog(MemoryBacklog):
                     # SQLite undid this statement only; the transaction goes on without it.
                     error = DeliveryError(f"the outbox could not store this payload ({exc}); "
                                           "payload dropped", "outbox")
-                    self._fail_fresh(error, payload.on_error_arg())
+                    failed_alone.append((error, payload.on_error_arg()))
                     continue
                 total += size
                 rows.append((payload, cast(int, cursor.lastrowid)))
+        for failure, on_error_arg in failed_alone:
+            self._fail_fresh(failure, on_error_arg)
         for payload, row_id in rows:
             payload.seq = payload.outbox_id = row_id
         if rows:

@@ -230,6 +230,31 @@ def test_a_payload_whose_row_cannot_be_written_fails_alone(tmp_path: Path, creat
     backlog.close()
 
 
+def test_a_batch_the_disk_refuses_reports_its_unstorable_payload_once(tmp_path: Path) -> None:
+    """Regression: a payload that failed alone (its row could not be stored) in a batch whose
+    transaction the disk then refused was reported twice: alone, and with the whole batch.
+    Reproduced 1/1 before the fix (three reports for two payloads)."""
+    rejected = Rejected()
+    backlog = OutboxBacklog(str(tmp_path / "outbox.sqlite3"), room=10, max_bytes=1 << 20,
+                            counters=Counters(), report_unsent=rejected)
+    try:
+        backlog.add_marker(FlushMarker())  # opens the file: the owner is registered
+
+        def deny_inserts(action: int, table: Any, *_: Any) -> int:
+            refused = action == sqlite3.SQLITE_INSERT and table == "outbox"
+            return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+        backlog._conn().set_authorizer(deny_inserts)  # the disk refuses the batch
+        batch = [Payload(EVENTS_PATH, b'{"n":0}', math.nan), Payload(EVENTS_PATH, b'{"n":1}', 1e9)]
+        assert backlog.put_batch(batch) == []
+        bodies = [payload["body"] for _, payload in rejected.calls]  # text when not renderable
+        reported = sorted((b if isinstance(b, dict) else json.loads(b))["n"] for b in bodies)
+        assert reported == [0, 1], rejected.calls
+        assert all(isinstance(error, DeliveryError) for error, _ in rejected.calls)
+    finally:
+        backlog.close()
+
+
 @pytest.fixture
 def corrupt_outbox(tmp_path: Path) -> Path:
     """An outbox left by an ended process: 6 rows, of which one has time inf, one a time that is
