@@ -39,17 +39,21 @@ class FlushMarker:
     before it is finished. It tallies the outcomes of the payloads queued between the previous
     marker and itself: ``seq`` is the last of them."""
 
-    __slots__ = ("ahead", "delivered", "done", "failed", "finished", "pending", "placed", "seq")
+    __slots__ = ("ahead", "delivered", "done", "failed", "pending", "placed", "seq")
 
     def __init__(self, ahead: int = 0) -> None:
         self.done = threading.Event()
-        self.finished = False  # False when released by shutdown rather than by progress
         self.placed = False  # the listener has reached it: ``seq`` is known
         self.seq = 0
         self.ahead = ahead  # queue items before it when it was queued (for ``pending``)
         self.delivered = 0
         self.failed = 0
         self.pending = 0  # unfinished when shutdown released it
+
+    @property
+    def finished(self) -> bool:
+        """Released with everything before it finished."""
+        return self.done.is_set() and not self.pending
 
 
 class Unfinished(NamedTuple):
@@ -337,9 +341,7 @@ class MemoryBacklog:
         """What ``flush`` returns for ``marker``; ``queued`` is how many items the queue holds
         now (the payloads still ahead of an unplaced marker are among them)."""
         with self._lock:
-            if marker.finished:
-                return FlushResult(marker.delivered, marker.failed)
-            if marker.done.is_set():  # released by shutdown
+            if marker.done.is_set():  # pending: what shutdown left unfinished
                 return FlushResult(marker.delivered, marker.failed, marker.pending)
             if marker.placed:
                 return FlushResult(
@@ -367,7 +369,6 @@ class MemoryBacklog:
         for marker in self._markers:
             if oldest is None or oldest > marker.seq:
                 marker.pending = sum(1 for p in self._stranded if p.seq <= marker.seq)
-                marker.finished = not marker.pending
                 marker.done.set()
             else:
                 keep.append(marker)
