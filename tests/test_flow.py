@@ -22,7 +22,7 @@ from interakt_logging._pacing import MIN_RATE, AdaptivePace, TokenBucket
 from interakt_logging._payload import EVENTS_PATH, Payload
 from interakt_logging._shared_limit import Reservation
 from interakt_logging._stats import Counters
-from interakt_logging._transport import NetworkError
+from interakt_logging._transport import MAX_RETRY_AFTER, NetworkError, parse_retry_after
 from interakt_logging.testing import wait_until
 
 
@@ -418,3 +418,13 @@ def _blocked_in_wait(thread: threading.Thread) -> bool:
     """The thread is blocked in a Condition's wait (its innermost Python frame)."""
     frame = sys._current_frames().get(thread.ident or 0)
     return frame is not None and frame.f_code.co_name == "wait"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.floats().map(str), st.integers().map(str)))
+def test_a_retry_after_is_never_trusted_past_its_cap(value: str) -> None:
+    """The reliability page's promise: a Retry-After pauses every worker, capped at 60 s; a
+    value that is no delay (garbage, NaN, a past date) is ignored or no wait at all."""
+    seconds = parse_retry_after(value)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER == 60.0
+    assert parse_retry_after("3600") == MAX_RETRY_AFTER and parse_retry_after("-5") == 0.0
