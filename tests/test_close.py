@@ -67,7 +67,7 @@ def test_a_flush_that_times_out_says_how_many_are_pending(
     logger: logging.Logger, server: MockInteraktServer, make_handler: Callable[..., InteraktHandler]
 ) -> None:
     server.hang = True
-    handler = make_handler(workers=2)
+    handler = make_handler(workers=2, shutdown_timeout=0.5)  # the teardown's close waits that long
     logger.addHandler(handler)
     for i in range(6):
         logger.info("Order Placed", extra=event(str(i)))

@@ -38,9 +38,6 @@ def fresh_track(server: MockInteraktServer) -> Iterator[Any]:
     try:
         yield track
     finally:
-        client = track.default_client
-        if client is not None:
-            client.close(timeout=2)
         track.shutdown()
         for name, value in saved.items():
             setattr(track, name, value)
@@ -249,8 +246,12 @@ def test_a_full_queue_returns_false(fresh_track: Any, server: MockInteraktServer
     from there on calls return ``(False, message)`` at once and on_error hears of each."""
     server.hang = True
     errors: list[Exception] = []
-    track.on_error = lambda error, message: errors.append(error)
-    track.max_queue_size = 1
+    # the handler a first call would build from the module's settings, with a short exit bound:
+    # the requests it leaves hanging would hold the fixture's shutdown for 5 s
+    track.default_client = InteraktHandler(
+        host=server.url, max_queue_size=1, shutdown_timeout=0.2,
+        on_error=lambda error, message: errors.append(error),
+    )
     for _ in range(10_000):
         ok, queued = track.event(user_id="u-1", event="Paid")
         if not ok:
