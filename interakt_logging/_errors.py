@@ -183,10 +183,25 @@ def without_values(text: str, sent: bytes) -> str:
         body = None
     values = sorted(_values_of(body), key=len, reverse=True)
     if values:
-        text = text[: _MAX_ANSWER + len(values[0])]  # all that can reach the cut below
+        # Masked a prefix at a time: a value the prefix cuts leaves a piece shorter than the
+        # longest value at its end, which masking its parts (3 characters at least, each
+        # becoming 7) makes at most 7/3 as long; once masking has shrunk the long values
+        # before it, the masked prefix must still reach that far past the cut below.
+        reach = _MAX_ANSWER + len(MASK) * (len(values[0]) + 1)
+        prefix = reach
+        while True:
+            masked = _masked(text[:prefix], values)
+            if prefix >= len(text) or len(masked) >= reach:
+                break
+            prefix *= 2
+        text = masked
+    return text if len(text) <= _MAX_ANSWER else text[: _MAX_ANSWER - 3] + "..."
+
+
+def _masked(text: str, values: list[str]) -> str:
     for value in values:
         text = text.replace(value, MASK)
-    return text if len(text) <= _MAX_ANSWER else text[: _MAX_ANSWER - 3] + "..."
+    return text
 
 
 def _values_of(body: Any) -> set[str]:

@@ -265,6 +265,17 @@ def test_an_api_message_quoting_the_request_is_masked(quote: Callable[[bytes], s
     assert text.startswith("Interakt API answered 400: invalid request: ")
 
 
+def test_a_value_cut_by_the_length_bound_is_masked_once_long_values_shrank() -> None:
+    """Regression: the answer was cut to 300 characters plus the longest value before masking;
+    once long values had shrunk to ``<value>``, the piece of a value cut at that bound moved
+    into the 300 characters shown, unmasked (10 digits of the phone number here)."""
+    long_a, long_b = "A" * 150, "B" * 150
+    sent = orjson.dumps({"userId": "u-7", "traits": {"a": long_a, "b": long_b, "p": PHONE * 2}})
+    message = long_a + long_b + "x" * 140 + PHONE * 2 + " and more"
+    text = str(APIError(400, message, sent=sent))
+    assert not any(PHONE[i:i + 5] in text for i in range(len(PHONE) - 4)), text
+
+
 @pytest.mark.parametrize("host", ["https://user:s3cretpw@api.interakt.ai",
                                   "ftp://user:s3cretpw@api.interakt.ai"])
 def test_a_host_with_credentials_is_refused_without_showing_them(host: str) -> None:
