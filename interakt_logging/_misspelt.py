@@ -23,7 +23,8 @@ FORMATTED_RECORD_SIZE = PLAIN_RECORD_SIZE + 2  # a formatter adds "message" and 
 
 # Names seen already, misspelt or not: from the start, every record's and what formatters add.
 _judged: set[Any] = {*_PLAIN, "message", "asctime"}
-_judged_lock = threading.Lock()
+# re-entrant: a signal handler that logs may interrupt this thread while it holds it
+_judged_lock = threading.RLock()
 
 
 def check_extras(d: dict[str, Any]) -> None:

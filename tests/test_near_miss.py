@@ -4,6 +4,7 @@ distinct name, on the interakt_logging logger; records without extras are not lo
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 import pytest
@@ -103,3 +104,20 @@ def test_one_or_two_typos_of_a_tag_are_caught(tag: str, data: st.DataObject) -> 
     name = "".join(chars)
     if name != tag:
         assert _misspelt.near_miss(name) in ("interakt_user", "interakt_event")
+
+
+def test_a_signal_handler_logging_while_a_name_is_judged_does_not_deadlock() -> None:
+    """Regression: the judged-names lock was not re-entrant. A signal handler that logs with
+    a new extra, run while this thread was inside ``_judge`` holding it, waited for it for
+    good: the log call blocked and the process hung. Held here as that interrupted call would."""
+    finished = threading.Event()
+
+    def interrupted_judge() -> None:
+        with _misspelt._judged_lock:  # the interrupted _judge holds it
+            _misspelt.check_extras({**_misspelt._PLAIN, "interakt_evnt": 1})
+        finished.set()
+
+    thread = threading.Thread(target=interrupted_judge, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert finished.is_set(), "check_extras blocked on a lock its own thread held"
