@@ -120,7 +120,8 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 "interakt-logging: no API key: set %s (or pass api_key=); tagged records are "
                 "reported to on_error as failed and not sent", API_KEY_ENV,
             )
-        self._reopen_lock = threading.Lock()
+        # re-entrant: a signal handler that logs may interrupt this thread while it reopens
+        self._reopen_lock = threading.RLock()
         # what happens to a validated payload (queued, sent now, or refused), chosen once: it
         # runs on every tagged logging call
         self._dispatch: Callable[[QueuedPayload], Any] = self._open_dispatch()

@@ -40,7 +40,8 @@ default_client: Optional[InteraktHandler] = None
 """The handler behind the module functions: built on first use (or assigned), dropped (and
 closed) by ``shutdown()``."""
 
-_client_lock = threading.Lock()
+# re-entrant: a signal handler calling track may interrupt this thread while it holds it
+_client_lock = threading.RLock()
 
 
 def user(

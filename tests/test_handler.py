@@ -346,3 +346,28 @@ def test_close_and_flush_from_on_error_do_not_deadlock(
     logger.info("Order Placed", extra=event("2"))  # closed now: a fresh pipeline sends it
     assert handler.flush(10) and seen == [False]
     assert [r.body["userId"] for r in server.delivered] == ["2"]
+
+
+def test_a_signal_handler_logging_during_a_reopen_does_not_deadlock(
+    logger: logging.Logger, server: MockInteraktServer,
+    make_handler: Callable[..., InteraktHandler],
+) -> None:
+    """Regression: the reopen lock was not re-entrant. A signal handler logging an event, run
+    while this thread was reopening the closed handler (building its new pipeline, holding the
+    lock), waited for that lock for good. Held here as the interrupted reopen would."""
+    handler = make_handler()
+    logger.addHandler(handler)
+    handler.close()
+    finished = threading.Event()
+
+    def interrupted_reopen() -> None:
+        with handler._reopen_lock:
+            logger.info("Order Placed", extra=event("7"))
+        finished.set()
+
+    thread = threading.Thread(target=interrupted_reopen, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert finished.is_set(), "the log call blocked on a lock its own thread held"
+    assert handler.flush(10)
+    assert [r.body["userId"] for r in server.delivered] == ["7"]

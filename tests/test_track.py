@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -328,3 +329,27 @@ def test_created_at_is_sent(fresh_track: Any, server: MockInteraktServer) -> Non
     track.user(user_id="u-1", created_at=when)
     (request,) = server.wait_for(1)
     assert request.body["createdAt"] == "2026-05-06T07:08:09.123Z"
+
+
+def test_a_signal_handler_calling_track_while_the_client_is_built_does_not_deadlock(
+    fresh_track: Any, server: MockInteraktServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the default client's lock was not re-entrant. A signal handler calling
+    track, run while this thread was building the default client (holding the lock), waited
+    for it for good. Held here as the interrupted first call would (a fresh lock of the same
+    kind, so that a failure leaves the module's free for the teardown)."""
+    kind = "RLock" in type(track._client_lock).__name__
+    monkeypatch.setattr(track, "_client_lock", threading.RLock() if kind else threading.Lock())
+    finished = threading.Event()
+
+    def interrupted_build() -> None:
+        with track._client_lock:
+            track.event(user_id="u-1", event="Paid")
+        finished.set()
+
+    thread = threading.Thread(target=interrupted_build, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert finished.is_set(), "track blocked on a lock its own thread held"
+    assert track.flush(10)
+    assert [r.body["event"] for r in server.delivered] == ["Paid"]
