@@ -191,7 +191,9 @@ class InteraktHandler(logging.handlers.QueueHandler):
                 outcome = "refused"
                 self.pipeline.report_unsent(exc, original(d.get(EVENT_TAG, d.get(USER_TAG))))
                 return
-            self._dispatch(payload)
+            result = self._dispatch(payload)
+            if result is False or result is _REFUSED:  # dropped (a full queue) or no API key
+                outcome = "not sent"
         except Exception as exc:  # a log call never raises
             outcome = "not sent"
             self._fault(record, exc)

@@ -62,6 +62,20 @@ def test_a_json_formatter_after_ours_sees_a_summary(
     assert server.users("42")[0]["phoneNumber"] == PHONE
 
 
+def test_a_payload_that_was_not_queued_is_not_summarised_as_sent(
+    logger: logging.Logger, monkeypatch: pytest.MonkeyPatch,
+    make_handler: Callable[..., InteraktHandler], json_out: tuple[logging.Handler, io.StringIO],
+) -> None:
+    """Regression: a payload refused for want of an API key (or dropped for a full queue) was
+    summarised to the handlers after ours as ``<interakt_event sent>``."""
+    monkeypatch.delenv("INTERAKT_API_KEY", raising=False)
+    console, out = json_out
+    logger.addHandler(make_handler(on_error=lambda error, payload: None))
+    logger.addHandler(console)
+    logger.info("Order Placed", extra={"interakt_event": {"user_id": "42"}})
+    assert _lines(out)[0]["interakt_event"] == "<interakt_event not sent>"
+
+
 def test_redact_tags_covers_a_handler_before_ours_via_dict_config(
     server: MockInteraktServer, json_out: tuple[logging.Handler, io.StringIO],
 ) -> None:
