@@ -75,17 +75,7 @@ def test_a_process_killed_by_sigterm_delivers_or_reports_then_dies_of_it(
         assert "DeliveryError" in done.stdout
 
 
-SIGTERM_INSIDE_CLOSE = """
-import logging, os, signal, threading
-from interakt_logging import InteraktHandler
-handler = InteraktHandler(shutdown_timeout=2, on_error=lambda error, payload: print(
-    "reported", payload["body"]["userId"], type(error).__name__, flush=True))
-log = logging.getLogger("shop")
-log.setLevel(logging.INFO)
-log.addHandler(handler)
-for i in range(50):
-    log.info("Order Placed", extra={"interakt_event": {"user_id": str(i)}})
-
+SIGTERM_WHILE_HELD = """
 class SigtermWhileHeld:
     '''The workers' lock, sending SIGTERM to this process once the main thread holds it: the
     handler runs right there, as when Pool.terminate() hits a worker closing its pipeline.'''
@@ -99,7 +89,20 @@ class SigtermWhileHeld:
         return self
     def __exit__(self, *exc):
         return self.lock.__exit__(*exc)
+"""
 
+SIGTERM_INSIDE_CLOSE = """
+import logging, os, signal, threading
+from interakt_logging import InteraktHandler
+handler = InteraktHandler(shutdown_timeout=2, on_error=lambda error, payload: print(
+    "reported", payload["body"]["userId"], type(error).__name__, flush=True))
+log = logging.getLogger("shop")
+log.setLevel(logging.INFO)
+log.addHandler(handler)
+for i in range(50):
+    log.info("Order Placed", extra={"interakt_event": {"user_id": str(i)}})
+
+""" + SIGTERM_WHILE_HELD + """
 handler.pipeline.workers._lock = SigtermWhileHeld(handler.pipeline.workers._lock)
 handler.close()
 print("still alive", flush=True)
@@ -135,18 +138,7 @@ for name, handler in (("closing", closing), ("other", other)):
     for i in range(10):
         log.info("Order Placed", extra={"interakt_event": {"user_id": f"{name}-{i}"}})
 
-class SigtermWhileHeld:
-    def __init__(self, lock):
-        self.lock, self.sent = lock, False
-    def __enter__(self):
-        self.lock.__enter__()
-        if not self.sent and threading.current_thread() is threading.main_thread():
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self
-    def __exit__(self, *exc):
-        return self.lock.__exit__(*exc)
-
+""" + SIGTERM_WHILE_HELD + """
 closing.pipeline.workers._lock = SigtermWhileHeld(closing.pipeline.workers._lock)
 closing.close()
 print("still alive", flush=True)
