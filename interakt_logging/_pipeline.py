@@ -84,7 +84,8 @@ class Pipeline:
         self._requests_out = False  # a close left requests out to their workers
         self._unreported: Deque[Tuple[DeliveryError, Payload]] = collections.deque()
         self._reporters: Dict[int, int] = {}  # threads reporting from _unreported, and depth
-        self._reporting_done = threading.Condition(threading.Lock())
+        # re-entrant: an app's signal handler may close() while this thread reports
+        self._reporting_done = threading.Condition(threading.RLock())
         self._ended = False
         self._starting = False
         self._exit_deadline: Optional[float] = None

@@ -7,7 +7,6 @@ structlog is an optional extra, so nothing here imports it: a processor is just 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import MutableMapping
 from typing import Any, Optional
@@ -17,8 +16,6 @@ from ._handler import InteraktHandler, path_and_tag
 from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, parse_created_at
 
 EventDict = MutableMapping[str, Any]
-
-_logger = logging.getLogger("interakt_logging")
 
 
 class InteraktProcessor:
@@ -55,8 +52,14 @@ class InteraktProcessor:
             return event_dict
         try:
             self._send_tagged(event_dict)
-        except Exception:  # a tag that breaks while read (a faulty Mapping): not the app's problem
-            _logger.exception("interakt-logging: could not read the tag of a structlog event")
+        except Exception as exc:  # an event dict that breaks while read: bad input, reported
+            self.handler.pipeline.report_unsent(
+                ValidationError(
+                    "event_dict", event_dict,
+                    f"an event dict whose tag can be read ({_raised(exc)})",
+                ),
+                None,
+            )
         if not self.keep:
             event_dict.pop(EVENT_TAG, None)
             event_dict.pop(USER_TAG, None)

@@ -153,6 +153,28 @@ def test_a_tag_that_breaks_while_read_is_logged_not_raised(
     assert _lines(out) == [{"event": "Order Placed"}]
 
 
+def test_an_event_dict_that_breaks_while_read_is_reported_like_bad_input(
+    make_handler: Callable[..., InteraktHandler],
+) -> None:
+    """An event dict (a custom MutableMapping) that holds the tag but raises when it is read
+    was only logged with a traceback: not counted, no on_error. Now it is bad input."""
+
+    class BreaksWhenRead(dict):  # type: ignore[type-arg]
+        def __getitem__(self, key: str) -> Any:
+            raise RuntimeError("boom")
+
+        def get(self, key: str, default: Any = None) -> Any:
+            raise RuntimeError("boom")
+
+    errors: list[Exception] = []
+    handler = make_handler(on_error=lambda error, payload: errors.append(error))
+    event_dict = BreaksWhenRead(event="Order Placed", interakt_event={"user_id": "42"})
+    assert InteraktProcessor(handler)(None, "info", event_dict) is event_dict
+    assert handler.stats()["failed"] == 1
+    assert len(errors) == 1 and isinstance(errors[0], ValidationError)
+    assert "RuntimeError" in str(errors[0])
+
+
 # -- structlog in front of stdlib logging -------------------------------------------------------
 
 @pytest.fixture
