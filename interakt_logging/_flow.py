@@ -12,14 +12,17 @@ tests follow the breaker's schedule exactly; ``acquire`` waits on it.
 from __future__ import annotations
 
 import enum
+import logging
 import random
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Union
 
 from ._concurrency import InFlightWindow
-from ._pacing import MONOTONIC, AdaptivePace, Clock
+from ._pacing import MONOTONIC, AdaptivePace, Clock, PaceNews
 from ._shared_limit import Reservation
+
+logger = logging.getLogger("interakt_logging")
 
 CLOSED = "closed"
 OPEN = "open"
@@ -202,6 +205,8 @@ class FlowControl:
                 self._pace.accepted(self.clock())
             self._close()
             self._cond.notify()
+            news = self._pace.take_news()
+        _tell(news)
 
     def released(self, probe: bool) -> None:
         """A request granted but ended with no answer to learn from (a failing part, or it
@@ -228,6 +233,8 @@ class FlowControl:
                 self._pause_until = max(self._pause_until, now + retry_after)
             self._close()
             self._cond.notify_all()
+            news = self._pace.take_news()
+        _tell(news)
 
     def failed(self, sent_at: float, probe: bool, timed_out: bool) -> bool:
         """A network error or 5xx. Returns True when it counts against the payload's own
@@ -270,3 +277,9 @@ class FlowControl:
             self._stopping = True
             self._cond.notify_all()
             self._slot_sleepers.notify_all()
+
+
+def _tell(news: Optional[PaceNews]) -> None:
+    """Log a change of pace; called without the lock, as a log call runs the app's handlers."""
+    if news is not None:
+        logger.debug("interakt-logging: pace %.2f requests/s (%s)", news.rate, news.why)

@@ -11,18 +11,16 @@ pace, so it does not keep sending into a window that burst filled; its curve is 
 rate (the same shape at 2/s and at 200/s); and its bucket holds one token, so it never bursts
 into a sliding window.
 
-Nothing here locks or sleeps: every method takes the time, ``FlowControl`` holds the lock and
-does the waiting, and tests drive it all with a fake clock.
+Nothing here locks, sleeps or logs: every method takes the time, ``FlowControl`` holds the
+lock, does the waiting and logs a change of pace (``take_news``) once it has let go of the lock,
+and tests drive it all with a fake clock.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import time
-from typing import Callable, Deque, Optional
-
-logger = logging.getLogger("interakt_logging")
+from typing import Callable, Deque, NamedTuple, Optional
 
 Clock = Callable[[], float]
 """Seconds on a monotonic clock: ``time.monotonic``, or a fake one in tests."""
@@ -135,6 +133,13 @@ class CubicRate:
         return rate
 
 
+class PaceNews(NamedTuple):
+    """A change of pace worth a debug line: the new ``rate`` and ``why`` (429 or accepted)."""
+
+    rate: float
+    why: str
+
+
 class AdaptivePace:
     """This process's request rate: unlimited (or ``ceiling``, the ``rate_limit`` setting)
     until the first 429, then found by cutting on 429s and growing on accepted calls. Growth is
@@ -152,7 +157,8 @@ class AdaptivePace:
         self._accepted = RateMeter(self.ROUND)
         self._adaptive = False
         self._cut_at = float("-inf")
-        self._logged: Optional[float] = ceiling
+        self._told: Optional[float] = ceiling  # the pace last announced
+        self._news: Optional[PaceNews] = None  # a change worth announcing, not yet taken
 
     @property
     def rate(self) -> Optional[float]:
@@ -204,7 +210,13 @@ class AdaptivePace:
         if self._ceiling is not None:
             rate = min(rate, self._ceiling)
         self._bucket.set_rate(rate, now)
-        last = self._logged
+        last = self._told
         if last is None or why == "429" or abs(rate - last) >= 0.1 * last:
-            self._logged = rate
-            logger.debug("interakt-logging: pace %.2f requests/s (%s)", rate, why)
+            self._told = rate
+            self._news = PaceNews(rate, why)
+
+    def take_news(self) -> Optional[PaceNews]:
+        """The last change worth announcing (a cut, or 10% since the last one told), once: the
+        caller logs it after releasing its lock, since a log call runs the app's handlers."""
+        news, self._news = self._news, None
+        return news

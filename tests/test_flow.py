@@ -6,6 +6,7 @@ growth are checked exactly.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import Any, List, Optional, Union
@@ -428,3 +429,32 @@ def test_a_retry_after_is_never_trusted_past_its_cap(value: str) -> None:
     seconds = parse_retry_after(value)
     assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER == 60.0
     assert parse_retry_after("3600") == MAX_RETRY_AFTER and parse_retry_after("-5") == 0.0
+
+
+def test_the_pace_is_logged_without_holding_the_lock_every_sender_needs() -> None:
+    """Regression: the pace's debug line was logged while flow control held its lock, so an
+    app's slow (or waiting) handler for the library's logger stalled every sender; one that
+    waited for a sender deadlocked. Reproduced 1/1 before the fix (the other poll blocked)."""
+    clock = FakeClock()
+    flow = make_flow(clock)
+    polled: List[bool] = []
+
+    class WaitsForASender(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "pace" in record.getMessage():
+                other = threading.Thread(target=flow.poll, daemon=True)
+                other.start()
+                other.join(5)
+                polled.append(not other.is_alive())
+
+    library = logging.getLogger("interakt_logging")
+    handler, level = WaitsForASender(), library.level
+    library.addHandler(handler)
+    library.setLevel(logging.DEBUG)
+    try:
+        assert flow.poll() is Permit.REQUEST
+        flow.throttled(clock(), retry_after=None)  # the first 429 sets a pace, and says so
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(level)
+    assert polled == [True]
