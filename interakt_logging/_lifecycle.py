@@ -111,6 +111,24 @@ def die_of(signum: int) -> None:
     signal.raise_signal(signum)
 
 
+STRAGGLER_WAIT = 2.0  # seconds the exit waits, in all, for threads still handing payloads over
+_stragglers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def wait_for_at_exit(thread: threading.Thread) -> None:
+    """A pipeline's thread that a close could not wait for still holds payloads it will report
+    (or hand over) once it runs again: the exit drain waits for it, bounded, before the process
+    ends under it."""
+    _stragglers.add(thread)
+
+
+def _wait_for_stragglers() -> None:
+    deadline = time.monotonic() + STRAGGLER_WAIT
+    for thread in list(_stragglers):
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def drain_all(reason: str = "exit") -> Undelivered:
     """Deliver what every live pipeline has queued, then end them: the exit hook, and what a
     SIGTERM handler calls before the process goes. Shows a progress line on stderr when it lasts
@@ -125,6 +143,8 @@ def drain_all(reason: str = "exit") -> Undelivered:
     except Exception:  # pragma: no cover - a bug must not escape into the exit
         logger.exception("interakt-logging: the exit drain failed")
         return Undelivered()
+    finally:
+        _wait_for_stragglers()
 
 
 def drain(

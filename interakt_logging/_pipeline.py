@@ -453,7 +453,13 @@ class Pipeline:
         unfinished = Unfinished([], [])
         if self._pid == os.getpid() and (self._started or self._requests_out):
             if self._started:
+                listener_thread = self.listener.thread
                 self.listener.stop(_LISTENER_STOP)
+                if listener_thread is not None and listener_thread.is_alive():
+                    # still holding a batch (blocked, say, by the lock of a flush this close
+                    # interrupted from a signal handler): it reports it once free; the exit
+                    # waits for that rather than end the process under it
+                    _lifecycle.wait_for_at_exit(listener_thread)
                 self._stop.set()  # workers end after the payload in hand
                 self.backlog.stop_taking()
                 self.flow.stop()  # workers waiting to send give up; requests out may answer
