@@ -227,7 +227,7 @@ class InteraktHandler(logging.handlers.QueueHandler):
         """Build the payload of a tagged record; raises ValidationError for bad input."""
         path, tag = path_and_tag(record.__dict__)
         default_event = None
-        if path == EVENTS_PATH and not (type(tag) is dict and "event" in tag):
+        if names_no_event(path, tag):
             msg = record.msg  # a str without args is its own message: skip getMessage()
             default_event = (
                 msg if type(msg) is str and not record.args else _message_as_event(record)
@@ -391,6 +391,12 @@ def path_and_tag(d: Mapping[str, Any]) -> Tuple[str, Any]:
             )
         return EVENTS_PATH, original(d[EVENT_TAG])
     return USERS_PATH, original(d[USER_TAG])
+
+
+def names_no_event(path: str, tag: Any) -> bool:
+    """An event tag without its own ``event``: the record's message (or the structlog event)
+    names it. Asked before the tag is validated, so only a plain dict is looked into."""
+    return path == EVENTS_PATH and not (type(tag) is dict and "event" in tag)
 
 
 def _message_as_event(record: logging.LogRecord) -> str:

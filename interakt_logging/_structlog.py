@@ -12,8 +12,8 @@ from collections.abc import MutableMapping
 from typing import Any, Optional
 
 from ._errors import InteraktError, ValidationError, _raised
-from ._handler import InteraktHandler, path_and_tag
-from ._payload import EVENT_TAG, EVENTS_PATH, USER_TAG, parse_created_at
+from ._handler import InteraktHandler, names_no_event, path_and_tag
+from ._payload import EVENT_TAG, USER_TAG, parse_created_at
 
 EventDict = MutableMapping[str, Any]
 
@@ -69,7 +69,7 @@ class InteraktProcessor:
         try:
             path, tag = path_and_tag(event_dict)  # both tags: one record each, as for records
             default_event = None
-            if path == EVENTS_PATH and not (type(tag) is dict and "event" in tag):
+            if names_no_event(path, tag):
                 default_event = _event_name(event_dict.get("event"))
         except ValidationError as exc:  # found before there is a call: reported as submit would
             # an event tag, either way
