@@ -125,6 +125,23 @@ def log_from_threads(handler: InteraktHandler, threads: int, per_thread: int) ->
     return [f"{t}-{i}" for t in range(threads) for i in range(per_thread)]
 
 
+def completes_holding(lock: Any, call: Callable[[], Any], timeout: float = 5) -> bool:
+    """Run ``call`` on a thread that holds ``lock`` already, as a signal handler runs inside the
+    code it interrupted: True when it returned, False when it blocked on that lock (the daemon
+    thread is then left behind, stuck)."""
+    finished = threading.Event()
+
+    def holding() -> None:
+        with lock:
+            call()
+        finished.set()
+
+    thread = threading.Thread(target=holding, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return finished.is_set()
+
+
 class UnreadableMapping(Mapping[str, Any]):
     """A mapping that breaks when read, as a buggy custom Mapping might."""
 

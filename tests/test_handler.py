@@ -22,7 +22,7 @@ from interakt_logging import (
 )
 from interakt_logging.testing import MockInteraktServer, Reply
 
-from .conftest import API_KEY
+from .conftest import API_KEY, completes_holding
 
 
 def event(user_id: Any, **traits: Any) -> dict[str, Any]:
@@ -358,16 +358,8 @@ def test_a_signal_handler_logging_during_a_reopen_does_not_deadlock(
     handler = make_handler()
     logger.addHandler(handler)
     handler.close()
-    finished = threading.Event()
-
-    def interrupted_reopen() -> None:
-        with handler._reopen_lock:
-            logger.info("Order Placed", extra=event("7"))
-        finished.set()
-
-    thread = threading.Thread(target=interrupted_reopen, daemon=True)
-    thread.start()
-    thread.join(5)
-    assert finished.is_set(), "the log call blocked on a lock its own thread held"
+    assert completes_holding(
+        handler._reopen_lock, lambda: logger.info("Order Placed", extra=event("7"))
+    ), "the log call blocked on a lock its own thread held"
     assert handler.flush(10)
     assert [r.body["userId"] for r in server.delivered] == ["7"]

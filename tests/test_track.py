@@ -22,6 +22,8 @@ from interakt_logging import (
 )
 from interakt_logging.testing import MockInteraktServer, RecordedRequest
 
+from .conftest import completes_holding
+
 SETTINGS = (
     "api_key", "host", "sync_mode", "debug", "timeout", "max_retries", "max_queue_size", "on_error",
 )
@@ -340,16 +342,8 @@ def test_a_signal_handler_calling_track_while_the_client_is_built_does_not_deadl
     kind, so that a failure leaves the module's free for the teardown)."""
     kind = "RLock" in type(track._client_lock).__name__
     monkeypatch.setattr(track, "_client_lock", threading.RLock() if kind else threading.Lock())
-    finished = threading.Event()
-
-    def interrupted_build() -> None:
-        with track._client_lock:
-            track.event(user_id="u-1", event="Paid")
-        finished.set()
-
-    thread = threading.Thread(target=interrupted_build, daemon=True)
-    thread.start()
-    thread.join(5)
-    assert finished.is_set(), "track blocked on a lock its own thread held"
+    assert completes_holding(
+        track._client_lock, lambda: track.event(user_id="u-1", event="Paid")
+    ), "track blocked on a lock its own thread held"
     assert track.flush(10)
     assert [r.body["event"] for r in server.delivered] == ["Paid"]
